@@ -1,0 +1,81 @@
+"""What every classification datamodule of this project shares: a class split, a half, remapped labels.
+
+Subclasses say where the images come from; this base owns *which* classes a run sees and how labels are
+numbered, so base and transfer cells agree on it whatever the storage format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.errors import UserError
+from datamodules.splits import ClassSplit, make_split
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A LightningDataModule restricted to one half of a :class:`ClassSplit`, labels remapped to 0..k-1."""
+
+    def __init__(
+        self,
+        all_class_names: Sequence[str],
+        split: dict[str, Any] | None = None,
+        half: str = "B",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise UserError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.split: ClassSplit = make_split(split, all_class_names)
+        self.half = half
+        self.class_names: tuple[str, ...] = self.split.classes(half)
+        self.all_class_names = tuple(all_class_names)
+        # original dataset label -> label 0..k-1 of this run
+        self.label_map: dict[int, int] = {
+            self.all_class_names.index(name): i for i, name in enumerate(self.class_names)
+        }
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> dict[str, Any]:
+        """What result.json records about the data: the split, the half and the class mapping."""
+        return {
+            "split": self.split.to_json(),
+            "half": self.half,
+            "class_mapping": {name: i for i, name in enumerate(self.class_names)},
+            "train_samples": len(self.train_set) if self.train_set is not None else None,
+            "val_samples": len(self.val_set) if self.val_set is not None else None,
+        }
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a loader")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)

@@ -1,0 +1,99 @@
+"""ImageNet-layout folders: ``ROOT/train/<wnid>/*.JPEG`` and ``ROOT/val/<wnid>/*.JPEG``.
+
+The class list is the sorted folder names (the standard ILSVRC-2012 order when the folders are wnids), which
+is what Yosinski's man-made/natural split indexes into.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from datamodules.base import SplitDataModule
+from datamodules.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def train_transform(image_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
+    """Train-time augmentation: RandomResizedCrop + horizontal flip, ImageNet normalisation."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def val_transform(image_size: int, crop_ratio: float = 224 / 256) -> v2.Compose:
+    """Evaluation: resize the short side to image_size / crop_ratio, then a centre crop."""
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(round(image_size / crop_ratio), antialias=True),
+        v2.CenterCrop(image_size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _class_folders(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.is_dir())
+
+
+class ImageFolderDataModule(SplitDataModule):
+    """Class-folder trees (ImageNet, its halves, any cross-domain set laid out the same way)."""
+
+    def __init__(
+        self,
+        root: str | None = None,
+        split: dict[str, Any] | None = None,
+        half: str = "B",
+        image_size: int = 224,
+        batch_size: int = 128,
+        num_workers: int = 4,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if root is None:
+            raise UserError("data.root is required for dataset image_folder; set it to a folder with train/ and val/")
+        self.root = Path(root)
+        for part in ("train", "val"):
+            if not (self.root / part).is_dir():
+                raise UserError(f"{self.root / part} is not a folder; image_folder needs ROOT/train and ROOT/val")
+        classes = _class_folders(self.root / "train")
+        if not classes:
+            raise UserError(f"{self.root / 'train'} has no class folders; expected one folder per class")
+        missing = sorted(set(classes) - set(_class_folders(self.root / "val")))
+        if missing:
+            raise UserError(f"{self.root / 'val'} lacks class folders {missing[:5]}; train and val need the same classes")
+        super().__init__(classes, split, half, batch_size, num_workers, seed)
+        self.image_size = image_size
+        self.max_train_samples = max_train_samples
+        self.max_val_samples = max_val_samples
+
+    def _load(self, part: str, train: bool, limit: int | None) -> Subset:
+        label_map = self.label_map
+        folder = datasets.ImageFolder(
+            str(self.root / part),
+            transform=train_transform(self.image_size) if train else val_transform(self.image_size),
+            target_transform=lambda y: label_map[y],
+        )
+        index = [i for i, (_, y) in enumerate(folder.samples) if y in label_map]
+        if limit is not None:
+            index = index[:limit]
+        if not index:
+            raise UserError(f"{self.root / part} has no images of the selected classes; check data.split/half")
+        return Subset(folder, index)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = self._load("train", True, self.max_train_samples)
+            self.val_set = self._load("val", False, self.max_val_samples)

@@ -1,0 +1,263 @@
+"""`mkf`: the command line of masterkey-filters.
+
+Every user mistake surfaces as one line on stderr (``mkf: error: ...``) and exit status 2; the commands check
+their input before they write or train anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from datamodules.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+console = Console()
+err_console = Console(stderr=True)
+
+
+# ---- mkf layers ---------------------------------------------------------------------------------------------
+def cmd_layers(args: argparse.Namespace) -> int:
+    from pipeline.layer_plan import plan_units
+    from pipeline.models import create_model
+
+    model = create_model(args.arch, num_classes=args.num_classes)
+    units = plan_units(model, args.kind)
+    if not units:
+        raise UserError(f"{args.arch} has no {args.kind} units; try --kind block or --kind pointwise")
+    table = Table(title=f"{args.arch}: {len(units)} {args.kind} units (forward order)")
+    for col in ("#", "modules", "shape", "params"):
+        table.add_column(col, justify="right" if col in ("#", "params") else "left")
+    for u in units:
+        table.add_row(str(u.index), "\n".join(u.modules) if args.kind == "block" and args.verbose
+                      else (u.modules[0] + (f" (+{len(u.modules) - 1})" if len(u.modules) > 1 else "")),
+                      u.shape, f"{u.num_params:,}")
+    console.print(table)
+    console.print(f"{len(units)} units")
+    return 0
+
+
+# ---- mkf train ----------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.config import load_cell_config
+    from pipeline.train import train_cell
+
+    cfg = load_cell_config(args.config)
+    if args.run_dir:
+        cfg.run_dir = args.run_dir
+    result = train_cell(cfg)
+    if result:
+        console.print(f"{cfg.run_dir}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+                      f"{result['steps']} steps in {result['wall_time_s']:.1f} s")
+    return 0
+
+
+# ---- mkf sweep ----------------------------------------------------------------------------------------------
+def _plan_table(plan) -> Table:  # type: ignore[no-untyped-def]
+    table = Table(title=f"sweep {plan.name}: {len(plan.cells)} cells -> {plan.output_dir}")
+    for col in ("id", "stage", "arch", "variant", "depth", "seed", "depends on"):
+        table.add_column(col)
+    for c in plan.cells:
+        table.add_row(c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed),
+                      ",".join(c.depends_on))
+    return table
+
+
+def cmd_sweep_plan(args: argparse.Namespace) -> int:
+    from launch.sweep import load_sweep, plan_sweep, write_plan
+
+    plan = plan_sweep(load_sweep(args.sweep))
+    console.print(_plan_table(plan))
+    console.print(f"manifest: {write_plan(plan)}")
+    return 0
+
+
+def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int = 1, progress: bool = True) -> int:
+    """Plan, write the manifest, run every cell that is not finished; finished cells are skipped."""
+    from launch.cell_state import cell_state
+    from launch.executors import EXECUTORS
+    from launch.sweep import load_sweep, plan_sweep, write_plan
+
+    if executor_name not in EXECUTORS:
+        raise UserError(f"unknown executor {executor_name!r}; available: {', '.join(EXECUTORS)}")
+    plan = plan_sweep(load_sweep(sweep_path))
+    write_plan(plan)
+    states = {c.id: cell_state(plan, c) for c in plan.cells}
+    todo = [c for c in plan.cells if states[c.id] != "finished"]
+    skipped = len(plan.cells) - len(todo)
+    console.print(f"sweep {plan.name}: {len(plan.cells)} cells, {skipped} already finished, {len(todo)} to run "
+                  f"({sum(states[c.id] == 'interrupted' for c in todo)} resume from a checkpoint)")
+    executor = EXECUTORS[executor_name](slots=slots, progress=progress)  # type: ignore[call-arg]
+    outcome = executor.run(plan, todo)
+    if outcome.failed:
+        err_console.print(f"{len(outcome.failed)} cells did not finish; rerun the same command to retry them")
+        return 1
+    return 0
+
+
+def cmd_sweep_run(args: argparse.Namespace) -> int:
+    return run_sweep(args.sweep, args.executor, args.slots, progress=not args.no_progress)
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    from launch.cell_state import STATES, cell_state
+    from launch.sweep import resolve_plan
+    from pipeline.train import read_result
+
+    plan = resolve_plan(args.target)
+    table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
+    for col in ("id", "stage", "arch", "variant", "depth", "seed", "state", "top-1"):
+        table.add_column(col)
+    counts: Counter[str] = Counter()
+    for c in plan.cells:
+        state = cell_state(plan, c)
+        counts[state] += 1
+        result = read_result(c.run_dir)
+        top1 = f"{result['top1']:.4f}" if result and result.get("top1") is not None else ""
+        table.add_row(c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed),
+                      state, top1)
+    console.print(table)
+    console.print("  ".join(f"{s}: {counts[s]}" for s in STATES) + f"  total: {len(plan.cells)}")
+    return 0
+
+
+# ---- mkf report ---------------------------------------------------------------------------------------------
+def report(sweep_dir: str | Path) -> list[Path]:
+    from pipeline.results import write_report
+
+    rows, files = write_report(sweep_dir)
+    table = Table(title=f"relative top-1 ({sweep_dir})")
+    for col in ("arch", "variant", "depth", "seed", "top-1", "base B", "relative"):
+        table.add_column(col, justify="right" if col not in ("arch", "variant") else "left")
+    for r in rows:
+        table.add_row(r["arch"], r["variant"] or "", "" if r["depth"] is None else str(r["depth"]), str(r["seed"]),
+                      f"{r['top1']:.4f}", f"{r['base_b_top1']:.4f}" if r["base_b_top1"] else "",
+                      f"{r['relative_top1']:.3f}" if r["relative_top1"] is not None else "")
+    console.print(table)
+    for f in files:
+        console.print(f"wrote {f}")
+    return files
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    report(args.dir)
+    return 0
+
+
+# ---- mkf demo -----------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from launch.sweep import load_sweep
+
+    start = time.time()
+    code = run_sweep(args.config, "local", args.slots, progress=not args.no_progress)
+    if code != 0:
+        return code
+    out = Path(load_sweep(args.config).output_dir)
+    files = report(out)
+    console.print(f"demo finished in {time.time() - start:.0f} s; figure: {files[1].resolve()}")
+    return 0
+
+
+# ---- mkf bench ----------------------------------------------------------------------------------------------
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from pipeline.benchmark import bench_train
+
+    bench_train(arch=args.arch, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                image_size=args.image_size, repeats=args.repeats, out_json=args.json, console=console)
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mkf",
+        description="masterkey-filters: train, transfer and freeze depthwise filters (Master Key Filters "
+                    "Hypothesis), run transfer sweeps locally or on a cluster, and draw the paper's Figure 3.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  mkf demo\n  mkf layers convnext_tiny --kind depthwise\n"
+               "  mkf sweep plan configs/demo.yaml\n  mkf sweep run configs/demo.yaml --slots 2\n"
+               "  mkf sweep status results/demo\n  mkf report results/demo\n  mkf bench train",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("layers", help="list an architecture's transfer units (depthwise, pointwise or block)",
+                       description="Print the transfer units of ARCH in forward order: index, modules, "
+                                   "kernel shape, parameter count, and the unit count.")
+    s.add_argument("arch", help="timm model name, e.g. convnext_tiny, resnet18, hornet_tiny_7x7")
+    s.add_argument("--kind", default="depthwise", choices=["depthwise", "pointwise", "block"],
+                   help="unit kind (default: depthwise)")
+    s.add_argument("--num-classes", type=int, default=1000, help="head width (does not change the units)")
+    s.add_argument("--verbose", action="store_true", help="list every module of block units")
+    s.set_defaults(func=cmd_layers)
+
+    s = sub.add_parser("train", help="train one cell from a YAML config",
+                       description="Train one cell (base or transfer) into its run directory; rerunning a "
+                                   "finished cell is a no-op, an interrupted one resumes from last.ckpt.")
+    s.add_argument("--config", required=True, help="cell YAML (see README 'Config format')")
+    s.add_argument("--run-dir", help="override the config's run_dir")
+    s.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser("sweep", help="plan, run and inspect transfer sweeps").add_subparsers(
+        dest="sweep_command", required=True, metavar="SUBCOMMAND")
+    s = sweep.add_parser("plan", help="expand a sweep YAML into cells and write the manifest (trains nothing)")
+    s.add_argument("sweep", help="sweep YAML, e.g. configs/demo.yaml")
+    s.set_defaults(func=cmd_sweep_plan)
+    s = sweep.add_parser("run", help="run every unfinished cell in dependency order",
+                         description="Runs base cells, then transfer cells once their base finished. Finished "
+                                     "cells are skipped; interrupted ones resume from their last checkpoint.")
+    s.add_argument("sweep", help="sweep YAML")
+    s.add_argument("--executor", default="local", help="where cells run (default: local)")
+    s.add_argument("--slots", type=int, default=1,
+                   help="cells run at once by the local executor; CPU threads are split between them (default 1)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    s.set_defaults(func=cmd_sweep_run)
+    s = sweep.add_parser("status", help="per-cell state and counts of a sweep")
+    s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.set_defaults(func=cmd_sweep_status)
+
+    s = sub.add_parser("report", help="results.csv and Figure 3 (PNG + PDF) of a sweep directory")
+    s.add_argument("dir", help="sweep output directory, e.g. results/demo")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("demo", help="the embedded default: a small real sweep on CPU ending in a figure",
+                       description="Runs configs/demo.yaml (Fashion-MNIST halves, tiny ConvNeXt and ResNet, AnB "
+                                   "and BnB at every depth) and writes results/demo/{results.csv,figure.png}.")
+    s.add_argument("--config", default=str(DEMO_CONFIG), help="sweep YAML (default: configs/demo.yaml)")
+    s.add_argument("--slots", type=int, default=min(2, os.cpu_count() or 1), help="cells at once (default 2)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures").add_subparsers(
+        dest="bench_command", required=True, metavar="BENCHMARK")
+    s = bench.add_parser("train", help="Lightning training steps vs a plain PyTorch loop, same model and data")
+    s.add_argument("--arch", default="convnext_demo")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--image-size", type=int, default=32)
+    s.add_argument("--steps", type=int, default=60, help="timed steps per run")
+    s.add_argument("--warmup", type=int, default=10, help="untimed steps before timing")
+    s.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the median is reported")
+    s.add_argument("--json", help="also write the figures to this JSON file")
+    s.set_defaults(func=cmd_bench_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        err_console.print(f"mkf: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

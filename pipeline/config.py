@@ -1,0 +1,188 @@
+"""The cell config: every knob of one training run, named once, with its default and meaning.
+
+A cell YAML is parsed strictly into these dataclasses: an unknown key (a typo) or a wrong type is a
+:class:`UserError` naming the key and the valid choices, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from datamodules.errors import UserError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"  # fashion_mnist | image_folder
+    root: str | None = None  # dataset folder; fashion_mnist also looks in Debian's package and torchvision's cache
+    split: dict[str, Any] | None = None  # class split (see datamodules.splits.make_split); None = all classes
+    half: str = "B"  # which half of the split this cell trains and evaluates on
+    image_size: int = 32
+    batch_size: int = 128  # per device
+    num_workers: int = 0
+    max_train_samples: int | None = None  # a seeded subset, for quick runs
+    max_val_samples: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "convnext_demo"  # any timm model name, or one registered in pipeline.models
+    drop_path_rate: float = 0.0
+    channels_last: bool = False  # faster convolutions on tensor-core GPUs
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 2e-3  # for the global batch size below; see lr_scaling
+    weight_decay: float = 0.05
+    momentum: float = 0.9  # sgd only
+    label_smoothing: float = 0.1
+    warmup_steps: int = 0  # linear warmup from lr * warmup_start_factor, per optimizer step
+    warmup_start_factor: float = 0.01
+    min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
+    lr_scaling: str = "none"  # none | linear: lr *= global_batch / base_batch_size
+    base_batch_size: int = 256
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 1
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto = bf16-mixed on CUDA, 32-true on CPU
+    limit_train_batches: float | int = 1.0
+    limit_val_batches: float | int = 1.0
+    checkpoint_every_n_steps: int | None = None  # also checkpoint mid-epoch, bounding work lost to a crash
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class TransferConfig:
+    base: str = ""  # run directory (or weights.safetensors) of model A
+    unit_kind: str = "depthwise"  # depthwise | pointwise | block
+    depth: int = 0
+    direction: str = "first"  # first = units 1..depth (AnB); last = units depth..L (reverse)
+    mode: str = "frozen"  # frozen (AnB) | finetune (AnB+)
+    mapping: str | None = None  # cross-architecture unit mapping; None = same arch only
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    project: str = "masterkey-filters"
+    entity: str | None = None
+    group: str | None = None
+    job_type: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None  # online | offline; None = offline unless a key is configured
+
+
+@dataclass
+class CellConfig:
+    """One training run: a base model (no transfer) or a transfer cell."""
+
+    run_dir: str = "runs/cell"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    transfer: TransferConfig | None = None
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    labels: dict[str, Any] = field(default_factory=dict)  # free-form tags a sweep attaches (stage, variant, ...)
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list)
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types with the key's path."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where or 'config'} must be a mapping of keys, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(f"unknown key {where}{unknown[0]!s}; valid keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        nested = [h for h in (typing.get_args(hint) or (hint,)) if dataclasses.is_dataclass(h)]
+        if nested and value is not None:
+            kwargs[name] = from_dict(nested[0], value, f"{where}{name}.")
+        elif isinstance(value, str) and _type_ok(1.0, hint) and not _type_ok(value, hint) and _is_number(value):
+            kwargs[name] = float(value)  # PyYAML reads 1e-3 (no dot) as a string
+        elif not _type_ok(value, hint):
+            raise UserError(f"{where}{name} = {value!r} has the wrong type; expected {_hint_name(hint)}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _hint_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file, turning a missing file or a syntax error into a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; check the path")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(f"{path} is not valid YAML{at}: {problem}; fix the syntax and rerun") from None
+
+
+def load_cell_config(path: str | Path) -> CellConfig:
+    return from_dict(CellConfig, load_yaml(path) or {})
+
+
+def dump_yaml(data: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

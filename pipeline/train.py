@@ -1,0 +1,202 @@
+"""Train one cell: build data, model and (optionally) the transfer, fit with Lightning, write the run directory.
+
+Run directory layout::
+
+    config.yaml          the resolved cell config
+    split.json           the class split the cell used
+    metrics.csv          Lightning's CSV log
+    checkpoints/         last.ckpt (resume point) and best.ckpt (highest val/top1)
+    weights.safetensors  final model as a plain timm state_dict
+    result.json          written last: its presence (with status "finished") means the cell is done
+
+Everything that can be wrong with the input is checked before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from datamodules import SplitDataModule, build_datamodule
+from datamodules.errors import UserError
+from pipeline.classifier import OPTIMIZERS, ImageClassifier
+from pipeline.config import CellConfig, WandbConfig, dump_yaml, to_dict
+from pipeline.transfer import TransferSpec
+from pipeline.weights import WEIGHTS_FILE, save_weights
+
+RESULT_FILE = "result.json"
+LAST_CKPT = "last.ckpt"
+
+
+def read_result(run_dir: str | Path) -> dict[str, Any] | None:
+    """The cell's result if it finished (a valid result.json with status 'finished'), else None."""
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("status") == "finished" else None
+
+
+def build_datamodule_for(cfg: CellConfig) -> SplitDataModule:
+    data = asdict(cfg.data)
+    dataset = data.pop("dataset")
+    return build_datamodule(dataset, seed=cfg.seed, **data)
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' means bf16 autocast where it pays (CUDA) and full fp32 on CPU, where bf16 is slow."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def wandb_mode(cfg: WandbConfig) -> str:
+    """Offline unless the user set a mode or has credentials: a compute node must never hang on the network."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if cfg.mode:
+        return cfg.mode
+    netrc = Path.home() / ".netrc"
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    return "online" if has_key else "offline"
+
+
+def wandb_run_id(run_dir: Path, labels: dict[str, Any]) -> str:
+    """Stable per cell (the sweep's cell id when there is one), so a restarted cell continues the same W&B run."""
+    return str(labels.get("cell_id") or f"{zlib.crc32(str(run_dir.resolve()).encode()):08x}")
+
+
+def make_loggers(cfg: CellConfig, run_dir: Path) -> list[Logger]:
+    # one CSV version per attempt (Lightning's CSV logger would truncate a reused file); merged at the end
+    loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs")]
+    if cfg.wandb.enabled:
+        from lightning.pytorch.loggers import WandbLogger
+
+        w = cfg.wandb
+        loggers.append(
+            WandbLogger(
+                project=w.project, entity=w.entity, group=w.group, job_type=w.job_type,
+                name=w.name or run_dir.name, tags=list(w.tags), save_dir=str(run_dir),
+                id=wandb_run_id(run_dir, cfg.labels), resume="allow", mode=wandb_mode(w),
+                config=to_dict(cfg),
+            )
+        )
+    return loggers
+
+
+def merge_metrics(run_dir: Path) -> None:
+    """Concatenate every attempt's logs/version_*/metrics.csv into run_dir/metrics.csv (resumes included)."""
+    parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    rows: list[dict[str, str]] = []
+    fields: dict[str, None] = {}
+    for part in parts:
+        with part.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields.update(dict.fromkeys(reader.fieldnames or []))
+            rows.extend(reader)
+    with (run_dir / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def validate_config(cfg: CellConfig) -> None:
+    """Cheap checks that need no data or model, so typos fail in milliseconds."""
+    if cfg.optim.name not in OPTIMIZERS:
+        raise UserError(f"unknown optim.name {cfg.optim.name!r}; use one of {', '.join(OPTIMIZERS)}")
+    if cfg.optim.lr_scaling not in ("none", "linear"):
+        raise UserError(f"unknown optim.lr_scaling {cfg.optim.lr_scaling!r}; use none or linear")
+    if cfg.transfer is not None and not cfg.transfer.base:
+        raise UserError("transfer.base is empty; set it to the base cell's run directory")
+
+
+def train_cell(cfg: CellConfig) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) one cell and return its result."""
+    run_dir = Path(cfg.run_dir)
+    done = read_result(run_dir)
+    if done is not None:
+        return done
+    validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule_for(cfg)
+    spec = TransferSpec(**asdict(cfg.transfer)) if cfg.transfer is not None else None
+    devices_per_node = _device_count(cfg)
+    module = ImageClassifier(
+        cfg.model, cfg.optim, num_classes=datamodule.num_classes, transfer=spec,
+        global_batch_size=cfg.data.batch_size * devices_per_node * cfg.trainer.num_nodes,
+    )
+    # ---- from here on the input is known to be good: write the run directory ----
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(to_dict(cfg), run_dir / "config.yaml")
+    datamodule.split.save(run_dir / "split.json")
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/top1", mode="max", save_top_k=1,
+                        save_last=True, enable_version_counter=False),
+    ]
+    if cfg.trainer.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                                         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps))
+    t = cfg.trainer
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir), max_epochs=t.max_epochs, max_steps=t.max_steps,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=resolve_precision(t.precision), limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, enable_model_summary=False,
+        logger=make_loggers(cfg, run_dir), callbacks=callbacks,
+    )
+    last = ckpt_dir / LAST_CKPT
+    resumed = last.is_file()
+    start = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+    wall = time.time() - start
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if "val/top1" not in metrics:  # resumed a run that had already reached its end: measure it again
+        metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+    if trainer.global_rank != 0:
+        return {}
+    merge_metrics(run_dir)
+    save_weights(module.model, run_dir / WEIGHTS_FILE, cfg.model.arch, datamodule.num_classes)
+    result = {
+        "status": "finished",
+        "arch": cfg.model.arch,
+        "seed": cfg.seed,
+        "top1": metrics.get("val/top1"),
+        "top5": metrics.get("val/top5"),
+        "val_loss": metrics.get("val/loss"),
+        "epochs": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "wall_time_s": round(wall, 3),
+        "resumed": resumed,
+        "trainable_params": module.trainable_parameters(),
+        "frozen_params": module.frozen_parameters(),
+        "transfer": module.applied.to_json() if module.applied else None,
+        "labels": cfg.labels,
+        **datamodule.describe(),
+    }
+    tmp = run_dir / (RESULT_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(run_dir / RESULT_FILE)
+    return result
+
+
+def _device_count(cfg: CellConfig) -> int:
+    devices = cfg.trainer.devices
+    if isinstance(devices, int):
+        return devices
+    if cfg.trainer.accelerator in ("cpu",) or not torch.cuda.is_available():
+        return 1
+    return torch.cuda.device_count()

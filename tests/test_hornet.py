@@ -1,0 +1,199 @@
+"""Tests for the timm-style HorNet in pipeline/models/hornet.py (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.models._manipulate import group_parameters
+
+import pipeline.models.hornet as hornet  # importing registers the variants with timm
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    """The project's definition of a depthwise conv: the filters it transfers and freezes."""
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.groups == module.in_channels == module.out_channels
+        and module.groups > 1
+    )
+
+
+def _depthwise_in_forward_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of depthwise convs in the order they run, recorded with forward hooks."""
+    order: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, m in model.named_modules()
+        if _is_depthwise(m)
+    ]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope='module')
+def tiny() -> nn.Module:
+    return timm.create_model('hornet_tiny_7x7').eval()
+
+
+def test_tiny_has_25_depthwise_convs_in_forward_order(tiny: nn.Module) -> None:
+    names = [n for n, m in tiny.named_modules() if _is_depthwise(m)]
+    assert len(names) == 25
+    assert all(re.fullmatch(r'stages\.\d\.blocks\.\d+\.gnconv\.dwconv', n) for n in names)
+    assert _depthwise_in_forward_order(tiny, torch.randn(1, 3, 32, 32)) == names
+    # Stage i runs g^(i+2) conv, so the depthwise conv covers sum(dims) = width * (2 - 2^-(order-1)) channels.
+    widths = {n: tiny.get_submodule(n).in_channels for n in names}
+    assert widths['stages.0.blocks.0.gnconv.dwconv'] == 64 + 32
+    assert widths['stages.3.blocks.1.gnconv.dwconv'] == 512 + 256 + 128 + 64 + 32
+    assert all(tiny.get_submodule(n).kernel_size == (7, 7) for n in names)
+
+
+def test_tiny_param_count(tiny: nn.Module) -> None:
+    assert 20e6 <= _num_params(tiny) <= 25e6  # paper: 22M (measured 22.41M)
+    assert tiny.num_classes == 1000 and tiny.num_features == 512
+    assert tiny.pretrained_cfg['architecture'] == 'hornet_tiny_7x7'
+    assert tiny.default_cfg is tiny.pretrained_cfg
+
+
+def test_small_has_25_depthwise_convs() -> None:
+    model = timm.create_model('hornet_small_7x7', num_classes=10, in_chans=3)
+    assert sum(_is_depthwise(m) for m in model.modules()) == 25
+    assert 45e6 <= _num_params(model) <= 55e6  # paper: 50M
+
+
+def test_create_model_kwargs() -> None:
+    model = timm.create_model(
+        'hornet_demo', num_classes=5, in_chans=1, drop_rate=0.1, drop_path_rate=0.2,
+        layer_scale_init_value=0.0, global_pool='max',
+    )
+    assert model.stem[0].in_channels == 1
+    # 0 disables layer scale; None would not, because timm.create_model drops None-valued kwargs.
+    assert all(b.gamma1 is None and b.gamma2 is None for s in model.stages for b in s.blocks)
+    last_block = model.stages[-1].blocks[-1]
+    assert last_block.drop_path.drop_prob == pytest.approx(0.2)
+    assert model.head.drop.p == pytest.approx(0.1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+
+
+def test_demo_forward_backward() -> None:
+    model = timm.create_model('hornet_demo', num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, model.num_features, 1, 1)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    logits = model(x)
+    assert logits.shape == (2, 10)
+    logits.square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_demo_channels_last_and_bf16_autocast() -> None:
+    model = timm.create_model('hornet_demo', num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out_cl = model(x.to(memory_format=torch.channels_last))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out_bf16 = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out_cl, ref, rtol=1e-4, atol=1e-5)
+    assert out_bf16.shape == (2, 10) and torch.isfinite(out_bf16).all()
+
+
+def test_grad_checkpointing_matches() -> None:
+    model = timm.create_model('hornet_demo', num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    model.set_grad_checkpointing(True)
+    assert all(s.grad_checkpointing for s in model.stages)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref)
+    assert model.stem[0].weight.grad is not None
+
+
+def test_reset_classifier() -> None:
+    model = timm.create_model('hornet_demo', num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    model.reset_classifier(7)
+    assert model.num_classes == 7 and model.get_classifier().out_features == 7
+    assert model(x).shape == (2, 7)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+    model.reset_classifier(3, global_pool='max')
+    assert model(x).shape == (2, 3)
+
+
+def test_group_matcher_fine_groups(tiny: nn.Module) -> None:
+    groups = group_parameters(tiny, tiny.group_matcher(coarse=False))
+    groups = [groups[i] for i in sorted(groups)]
+    assert len(groups) == 1 + 25 + 1  # stem, each block, head
+    assert all(n.startswith('stem.') for n in groups[0])
+    assert all(n.startswith('head.') for n in groups[-1])
+    block_groups = groups[1:-1]
+    for names in block_groups:
+        blocks = {re.match(r'stages\.(\d+)\.blocks\.(\d+)\.', n).groups() for n in names if '.blocks.' in n}
+        assert len(blocks) == 1  # exactly one block per group...
+        assert sum(n.endswith('gnconv.dwconv.weight') for n in names) == 1  # ...holding its one dwconv
+    # A stage's downsample rides with that stage's first block (as in timm's ConvNeXt).
+    first_blocks = {'stages.1.blocks.0', 'stages.2.blocks.0', 'stages.3.blocks.0'}
+    for names in block_groups:
+        downsample = [n for n in names if '.downsample.' in n]
+        if downsample:
+            assert any(n.startswith(tuple(first_blocks)) for n in names)
+    assert sum('.downsample.' in n for g in block_groups for n in g) == 3 * 4  # 3 x (norm w/b, conv w/b)
+    assert sum(len(g) for g in groups) == len(list(tiny.parameters()))
+
+    coarse = group_parameters(tiny, tiny.group_matcher(coarse=True))
+    assert len(coarse) == 1 + 4 + 1  # stem, stages, head
+
+
+@pytest.mark.parametrize('k', [10, 3])
+def test_state_dict_roundtrip(k: int) -> None:
+    src = timm.create_model('hornet_demo', num_classes=k).eval()
+    dst = timm.create_model('hornet_demo', num_classes=k).eval()
+    dst.load_state_dict(src.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_checkpoint_filter_maps_official_layout() -> None:
+    """Official repo keys (downsample_layers.*, stages.i.j.*, norm.*, head.*) load into this layout."""
+    model = timm.create_model('hornet_demo', num_classes=10)
+    ours = model.state_dict()
+
+    def to_official(key: str) -> str:
+        key = re.sub(r'^stem\.', 'downsample_layers.0.', key)
+        key = re.sub(r'^stages\.(\d+)\.downsample\.', r'downsample_layers.\1.', key)
+        key = re.sub(r'^stages\.(\d+)\.blocks\.(\d+)\.', r'stages.\1.\2.', key)
+        key = re.sub(r'^head\.norm\.', 'norm.', key)
+        return re.sub(r'^head\.fc\.', 'head.', key)
+
+    official = {'model': {to_official(k): v for k, v in ours.items()}}
+    assert 'downsample_layers.3.1.weight' in official['model'] and 'norm.weight' in official['model']
+    remapped = hornet.checkpoint_filter_fn(official, model)
+    assert remapped.keys() == ours.keys()
+    assert all(remapped[k] is ours[k] for k in ours)
+    assert hornet.checkpoint_filter_fn(ours, model) is ours  # already in this layout: untouched
+
+
+def test_features_only() -> None:
+    model = timm.create_model('hornet_demo', features_only=True)
+    feats = model(torch.randn(2, 3, 64, 64))
+    assert [f.shape[1:] for f in feats] == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
