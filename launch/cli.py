@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _plan_table(plan) -> Table:  # type: ignore[no-untyped-def]
     table = Table(title=f"sweep {plan.name}: {len(plan.cells)} cells -> {plan.output_dir}")
     for col in ("id", "stage", "arch", "variant", "depth", "seed", "depends on"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "depends on"), min_width=12 if "id" in col else None,
+                         overflow="fold")
     for c in plan.cells:
         table.add_row(c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed),
                       ",".join(c.depends_on))
@@ -115,7 +116,7 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
     plan = resolve_plan(args.target)
     table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
     for col in ("id", "stage", "arch", "variant", "depth", "seed", "state", "top-1"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "id", min_width=12 if col == "id" else None, overflow="fold")
     counts: Counter[str] = Counter()
     for c in plan.cells:
         state = cell_state(plan, c)

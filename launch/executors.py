@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from launch.cell_state import cell_state, log_path
 from launch.sweep import Cell, SweepPlan
@@ -104,6 +111,12 @@ class LocalExecutor(Executor):
                         elif all(s == "finished" for s in deps):
                             todo.remove(cell)
                             running[cell.id] = (cell, self._start(plan, cell))
+                    if not running and todo:  # nothing runs and nothing can start: dependencies outside this run
+                        for cell in todo:
+                            outcome.states[cell.id] = "blocked"
+                            progress.advance(task)
+                            self.console.print(f"[yellow]blocked[/yellow] {cell.label}: a dependency is not finished")
+                        todo.clear()
                     for cid, (cell, proc) in list(running.items()):
                         code = proc.poll()
                         if code is not None:
@@ -114,11 +127,6 @@ class LocalExecutor(Executor):
                             if outcome.states[cid] != "finished":
                                 self.console.print(f"[red]failed[/red] {cell.label} ({cid}): see {log_path(plan, cell)}")
                     progress.update(task, description=", ".join(c.label for c, _ in running.values()))
-                    if not running and todo:  # nothing runs and nothing can start: dependencies outside this run
-                        for cell in todo:
-                            outcome.states[cell.id] = "blocked"
-                            self.console.print(f"[yellow]blocked[/yellow] {cell.label}: a dependency is not finished")
-                        todo.clear()
                     if running:
                         time.sleep(0.2)
             except KeyboardInterrupt:

@@ -102,7 +102,7 @@ def cell_id(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unit_count(arch: str, unit_kind: str) -> int:
     """How many transfer units of a kind an architecture has (cached: planning builds each model once)."""
     return len(plan_units(create_model(arch, num_classes=2), unit_kind))

@@ -8,11 +8,12 @@ frozen units stay in eval mode so their running statistics cannot drift on datas
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
-from timm.optim import create_optimizer_v2
 import torch
+from timm.optim import create_optimizer_v2
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -35,7 +36,10 @@ class ImageClassifier(L.LightningModule):
         global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # plain dicts only: checkpoints must load with torch.load(weights_only=True) on resume
+        self.save_hyperparameters({"model": asdict(model), "optim": asdict(optim), "num_classes": num_classes,
+                                   "transfer": asdict(transfer) if transfer else None,
+                                   "global_batch_size": global_batch_size})
         self.model_cfg, self.optim_cfg = model, optim
         self.arch = model.arch
         self.num_classes = num_classes
@@ -44,6 +48,7 @@ class ImageClassifier(L.LightningModule):
         self.applied: AppliedTransfer | None = None
         if transfer is not None:
             self.applied = apply_transfer(self.model, model.arch, transfer)
+            self.train()  # Lightning keeps the mode modules are built in: put frozen norms in eval now
         if model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.model) if model.compile else self.model
@@ -80,7 +85,7 @@ class ImageClassifier(L.LightningModule):
         loss = self.loss(logits, labels)
         self.train_top1.update(logits.detach(), labels)
         # self.log costs ~1 ms of Python per call: log only on the steps the loggers write anyway
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:  # Lightning's own rule
             self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
 

@@ -86,7 +86,8 @@ def plot_figure(rows: list[dict[str, Any]], out_stem: str | Path, title: str = "
     if not data:
         raise UserError("no finished transfer cells with a finished base-B cell yet; run the sweep first")
     archs = sorted(data)
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False)
+    # a shared y-axis: flat depthwise curves and falling block curves read on one scale
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False, sharey=True)
     for ax, arch in zip(axes[0], archs, strict=True):
         kinds = {r["unit_kind"] for r in rows if r["arch"] == arch}
         for variant, pts in sorted(data[arch].items()):
