@@ -1,38 +1,42 @@
-# The two commands of the README. Both set up a fresh machine: venv, the project, the demo data.
+# The two commands of the README. Both set up a fresh machine: system packages (as root), venv, the project.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-FMNIST := /usr/share/datasets/fashion-mnist
+# demo data; FFCV's build needs; a real Slurm for the cluster tests
+DEMO_PKGS := dataset-fashion-mnist
+TEST_PKGS := $(DEMO_PKGS) pkg-config libopencv-dev libturbojpeg0-dev slurm-wlm munge
 
-.PHONY: demo test install data lint bench clean
+.PHONY: demo test install system-demo system-test lint bench clean
 
-demo: install data
+demo: system-demo install
 	$(VENV)/bin/mkf demo
 
-test: install data
+test: system-test install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 install: $(STAMP)
 
+# FFCV (optional extra) is installed when its system libraries are present, as they are after system-test.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	if pkg-config --exists libturbojpeg opencv4 2>/dev/null; then $(PY) -m pip install -q -e '.[test,ffcv]'; \
+	else echo "FFCV skipped: install pkg-config libopencv-dev libturbojpeg0-dev, then rerun"; fi
 	rm -f $(VENV)/.installed-* && touch $@
 
-# Fashion-MNIST: Debian's package when we are root, else torchvision downloads it on first use (if online).
-data:
-	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST: $(FMNIST)"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		(apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
-	else echo "Fashion-MNIST is not installed: run 'sudo apt-get install dataset-fashion-mnist'," \
-		"or stay online so torchvision can download it on first use"; fi
+# Debian packages: installed when we are root; otherwise say what is missing and what it costs.
+system-demo:
+	@PKGS="$(DEMO_PKGS)" sh tools/ensure_debian_packages.sh
+
+system-test:
+	@PKGS="$(TEST_PKGS)" sh tools/ensure_debian_packages.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install data
+bench: install
 	$(VENV)/bin/mkf bench train
 
 clean:

@@ -247,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the median is reported")
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_train)
+
+    from launch import data_cli
+
+    data_cli.add_parsers(sub, bench)
     return p
 
 
