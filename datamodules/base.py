@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.errors import UserError
+from datamodules.samplers import EpochShuffleSampler, RankStridedSampler, ResumePosition
 from datamodules.splits import ClassSplit, make_split
 
 
@@ -44,6 +45,8 @@ class SplitDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.train_set: Dataset | None = None
+        # restored from a checkpoint by pipeline.resume.DataPosition, read by the training sampler
+        self.position = ResumePosition()
         self.val_set: Dataset | None = None
 
     @property
@@ -63,15 +66,20 @@ class SplitDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a loader")
+        size = len(dataset)  # type: ignore[arg-type]
+        sampler = (EpochShuffleSampler(size, self.seed, self.batch_size, self.position) if train
+                   else RankStridedSampler(size))
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            sampler=sampler,
+            drop_last=train and size > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            # its own generator: creating an iterator must not draw from the global RNG that a resumed run
+            # restores (augmentation and dropout use it)
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

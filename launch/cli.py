@@ -20,7 +20,8 @@ from datamodules.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
-console = Console()
+# tables stay readable when piped or logged (rich would squeeze them into 80 columns)
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
@@ -48,12 +49,32 @@ def cmd_layers(args: argparse.Namespace) -> int:
 # ---- mkf train ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_cell_config
-    from pipeline.train import train_cell
+    from pipeline.train import Preempted, train_cell
 
     cfg = load_cell_config(args.config)
     if args.run_dir:
         cfg.run_dir = args.run_dir
-    result = train_cell(cfg)
+    for flag, key in (("num_nodes", "num_nodes"), ("devices", "devices"), ("accelerator", "accelerator")):
+        if getattr(args, flag) is not None:
+            setattr(cfg.trainer, key, getattr(args, flag))
+    if isinstance(cfg.trainer.devices, int) and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
+        cfg.trainer.strategy = "ddp" if cfg.trainer.strategy == "auto" else cfg.trainer.strategy
+    callbacks, plugins = [], []
+    from launch import slurm_runtime
+
+    if slurm_runtime.in_slurm_step():
+        if slurm_runtime.restarts() > slurm_runtime.max_restarts():
+            slurm_runtime.mark_failed(Path(cfg.run_dir), f"restarted {slurm_runtime.restarts()} times, "
+                                      f"limit {slurm_runtime.max_restarts()}")
+            err_console.print(f"mkf: {cfg.run_dir}: restart limit reached; cell marked failed")
+            return 1
+        callbacks, plugins = slurm_runtime.slurm_extras(Path(cfg.run_dir))
+    try:
+        result = train_cell(cfg, callbacks=callbacks, plugins=plugins)
+    except Preempted as exc:
+        requeued = any(getattr(c, "requeued", False) for c in callbacks)
+        err_console.print(f"mkf: {exc}; " + ("requeued" if requeued else "not requeued"))
+        return 0 if requeued or os.environ.get("SLURM_PROCID", "0") != "0" else 1
     if result:
         console.print(f"{cfg.run_dir}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
                       f"{result['steps']} steps in {result['wall_time_s']:.1f} s")
@@ -81,53 +102,96 @@ def cmd_sweep_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int = 1, progress: bool = True) -> int:
-    """Plan, write the manifest, run every cell that is not finished; finished cells are skipped."""
-    from launch.cell_state import cell_state
+def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int = 1, progress: bool = True,
+              profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False) -> int:
+    """Plan, write the manifest, run (or submit) every cell that is not finished; finished cells are skipped."""
+    from launch.cell_state import cell_state, clear_failure
     from launch.executors import EXECUTORS
     from launch.sweep import load_sweep, plan_sweep, write_plan
 
     if executor_name not in EXECUTORS:
         raise UserError(f"unknown executor {executor_name!r}; available: {', '.join(EXECUTORS)}")
-    plan = plan_sweep(load_sweep(sweep_path))
-    write_plan(plan)
+    sweep = load_sweep(sweep_path)
+    plan = plan_sweep(sweep)
+    if executor_name == "slurm":
+        executor = EXECUTORS["slurm"](profile=profile, profiles_file=profiles_file, dry_run=dry_run,
+                                      sweep_slurm=sweep.slurm)  # type: ignore[call-arg]
+    else:
+        executor = EXECUTORS[executor_name](slots=slots, progress=progress)  # type: ignore[call-arg]
+    if not dry_run:
+        write_plan(plan)
     states = {c.id: cell_state(plan, c) for c in plan.cells}
     todo = [c for c in plan.cells if states[c.id] != "finished"]
     skipped = len(plan.cells) - len(todo)
     console.print(f"sweep {plan.name}: {len(plan.cells)} cells, {skipped} already finished, {len(todo)} to run "
                   f"({sum(states[c.id] == 'interrupted' for c in todo)} resume from a checkpoint)")
-    executor = EXECUTORS[executor_name](slots=slots, progress=progress)  # type: ignore[call-arg]
+    if not dry_run:
+        for cell in todo:
+            clear_failure(plan, cell)
     outcome = executor.run(plan, todo)
-    if outcome.failed:
-        err_console.print(f"{len(outcome.failed)} cells did not finish; rerun the same command to retry them")
+    failed = [cid for cid, state in outcome.states.items() if state not in ("finished", "submitted")]
+    if failed:
+        err_console.print(f"{len(failed)} cells did not finish; rerun the same command to retry them")
         return 1
     return 0
 
 
 def cmd_sweep_run(args: argparse.Namespace) -> int:
-    return run_sweep(args.sweep, args.executor, args.slots, progress=not args.no_progress)
+    return run_sweep(args.sweep, args.executor, args.slots, progress=not args.no_progress, profile=args.profile,
+                     profiles_file=args.profiles, dry_run=args.dry_run)
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from launch.cell_state import STATES, cell_state
+    from launch.cell_state import STATES, cell_state, last_metric
+    from launch.slurm_executor import JobBook, query_jobs
     from launch.sweep import resolve_plan
-    from pipeline.train import read_result
 
     plan = resolve_plan(args.target)
+    book = JobBook.load(plan.output_dir)
+    jobs = query_jobs([e["job_id"] for e in book.cells.values()]) if book.cells else {}
     table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
-    for col in ("id", "stage", "arch", "variant", "depth", "seed", "state", "top-1"):
+    columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "metric"]
+    if book.cells:
+        columns += ["job", "slurm", "restarts", "elapsed"]
+    for col in columns:
         table.add_column(col, no_wrap=col == "id", min_width=12 if col == "id" else None, overflow="fold")
-    counts: Counter[str] = Counter()
+    counts: dict[str, Counter[str]] = {}
     for c in plan.cells:
         state = cell_state(plan, c)
-        counts[state] += 1
-        result = read_result(c.run_dir)
-        top1 = f"{result['top1']:.4f}" if result and result.get("top1") is not None else ""
-        table.add_row(c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed),
-                      state, top1)
+        entry = book.cells.get(c.id, {})
+        job = jobs.get(entry.get("job_id", ""))
+        if job is not None and job.state == "RUNNING" and state in ("pending", "interrupted"):
+            state = "running"
+        counts.setdefault(c.stage, Counter())[state] += 1
+        row = [c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed), state,
+               last_metric(c)]
+        if book.cells:
+            row += [entry.get("job_id", ""), job.state if job else ("" if not entry else "gone"),
+                    str(job.restarts) if job else "", job.elapsed if job else ""]
+        table.add_row(*row)
     console.print(table)
-    console.print("  ".join(f"{s}: {counts[s]}" for s in STATES) + f"  total: {len(plan.cells)}")
+    for stage, counter in counts.items():
+        console.print(f"{stage:>8}: " + "  ".join(f"{s}: {counter[s]}" for s in STATES)
+                      + f"  total: {sum(counter.values())}")
+    total = sum(counts.values(), Counter())
+    console.print("   total: " + "  ".join(f"{s}: {total[s]}" for s in STATES) + f"  total: {len(plan.cells)}")
     return 0
+
+
+def cmd_sweep_cancel(args: argparse.Namespace) -> int:
+    from launch.slurm_executor import cancel_sweep
+    from launch.sweep import resolve_plan
+
+    arrays = cancel_sweep(resolve_plan(args.target))
+    console.print(f"cancelled arrays: {', '.join(arrays)}" if arrays else "no Slurm jobs recorded for this sweep")
+    return 0
+
+
+def cmd_sweep_sync(args: argparse.Namespace) -> int:
+    from launch.sweep import resolve_plan
+    from launch.wandb_sync import sync_sweep
+
+    return sync_sweep(resolve_plan(args.target), dry_run=args.dry_run, console=console)
 
 
 # ---- mkf report ---------------------------------------------------------------------------------------------
@@ -204,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "finished cell is a no-op, an interrupted one resumes from last.ckpt.")
     s.add_argument("--config", required=True, help="cell YAML (see README 'Config format')")
     s.add_argument("--run-dir", help="override the config's run_dir")
+    s.add_argument("--num-nodes", type=int, help="override trainer.num_nodes (set by the Slurm executor)")
+    s.add_argument("--devices", type=int, help="override trainer.devices per node (set by the Slurm executor)")
+    s.add_argument("--accelerator", help="override trainer.accelerator (cpu, gpu, auto)")
     s.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser("sweep", help="plan, run and inspect transfer sweeps").add_subparsers(
@@ -215,14 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Runs base cells, then transfer cells once their base finished. Finished "
                                      "cells are skipped; interrupted ones resume from their last checkpoint.")
     s.add_argument("sweep", help="sweep YAML")
-    s.add_argument("--executor", default="local", help="where cells run (default: local)")
+    s.add_argument("--executor", default="local", choices=["local", "slurm"],
+                   help="local: run here, in dependency order; slurm: one job array per (stage, profile)")
+    s.add_argument("--profile", help="slurm: cluster profile name (default: the sweep's slurm.profiles, else "
+                                     "'default')")
+    s.add_argument("--profiles", help="slurm: profiles YAML (default: configs/profiles.yaml)")
+    s.add_argument("--dry-run", action="store_true", help="slurm: print every script and sbatch command, submit nothing")
     s.add_argument("--slots", type=int, default=1,
                    help="cells run at once by the local executor; CPU threads are split between them (default 1)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     s.set_defaults(func=cmd_sweep_run)
-    s = sweep.add_parser("status", help="per-cell state and counts of a sweep")
+    s = sweep.add_parser("status", help="per-cell state (joined with Slurm's view) and counts per stage")
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.set_defaults(func=cmd_sweep_status)
+    s = sweep.add_parser("cancel", help="scancel every Slurm array of the sweep")
+    s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.set_defaults(func=cmd_sweep_cancel)
+    s = sweep.add_parser("sync", help="upload every cell's offline W&B runs (wandb sync), once back online")
+    s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.add_argument("--dry-run", action="store_true", help="list the offline runs, upload nothing")
+    s.set_defaults(func=cmd_sweep_sync)
 
     s = sub.add_parser("report", help="results.csv and Figure 3 (PNG + PDF) of a sweep directory")
     s.add_argument("dir", help="sweep output directory, e.g. results/demo")

@@ -138,4 +138,10 @@ class LocalExecutor(Executor):
         return outcome
 
 
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor}
+def _slurm_executor(**kwargs: object) -> Executor:
+    from launch.slurm_executor import SlurmExecutor  # imported lazily: local runs need no Slurm code
+
+    return SlurmExecutor(**kwargs)  # type: ignore[arg-type]
+
+
+EXECUTORS: dict[str, object] = {"local": LocalExecutor, "slurm": _slurm_executor}

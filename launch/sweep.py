@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from datamodules.errors import UserError
 from pipeline.config import CellConfig, DataConfig, WandbConfig, dump_yaml, from_dict, load_yaml, to_dict
 from pipeline.layer_plan import UNIT_KINDS, plan_units
@@ -55,6 +57,7 @@ class SweepConfig:
     train: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    slurm: dict[str, Any] = field(default_factory=dict)  # {profiles: {base: NAME, transfer: NAME}}
 
 
 @dataclass
@@ -104,8 +107,17 @@ def cell_id(config: dict[str, Any]) -> str:
 
 @functools.cache
 def unit_count(arch: str, unit_kind: str) -> int:
-    """How many transfer units of a kind an architecture has (cached: planning builds each model once)."""
-    return len(plan_units(create_model(arch, num_classes=2), unit_kind))
+    """How many transfer units of a kind an architecture has (cached: planning builds each model once).
+
+    The model is built on the meta device (shapes only, no memory, no init): planning a sweep over
+    convnext_base takes a second, not four.
+    """
+    try:
+        with torch.device("meta"):
+            model = create_model(arch, num_classes=2)
+    except (NotImplementedError, RuntimeError):  # an architecture that cannot be built without real tensors
+        model = create_model(arch, num_classes=2)
+    return len(plan_units(model, unit_kind))
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
@@ -128,6 +140,9 @@ def _validate(sweep: SweepConfig) -> None:
         raise UserError(f"unknown variant {unknown[0]!r}; use any of {', '.join(VARIANTS)}")
     if isinstance(sweep.depths, str) and sweep.depths != "all":
         raise UserError(f"depths: {sweep.depths!r} is not valid; use `all` or a list of integers")
+    extra = sorted(set(sweep.slurm) - {"profiles"})
+    if extra or not set(sweep.slurm.get("profiles") or {}) <= set(STAGES):
+        raise UserError(f"slurm section: use `slurm: {{profiles: {{base: NAME, transfer: NAME}}}}`, got {sweep.slurm}")
     if "half" in sweep.data:
         raise UserError("data.half is set per cell by the sweep; remove it from the sweep's data section")
     from_dict(DataConfig, sweep.data, "data.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import time
 import zlib
 from dataclasses import asdict
@@ -32,11 +33,17 @@ from datamodules import SplitDataModule, build_datamodule
 from datamodules.errors import UserError
 from pipeline.classifier import OPTIMIZERS, ImageClassifier
 from pipeline.config import CellConfig, WandbConfig, dump_yaml, to_dict
+from pipeline.resume import AtomicCheckpointIO, PreemptionHandler, TrainingState, newest_valid_checkpoint
 from pipeline.transfer import TransferSpec
 from pipeline.weights import WEIGHTS_FILE, save_weights
 
 RESULT_FILE = "result.json"
 LAST_CKPT = "last.ckpt"
+PREEMPT_CKPT = "preempt.ckpt"  # written at a batch boundary when the scheduler warns of preemption
+
+
+class Preempted(Exception):
+    """Training stopped early on a preemption signal after checkpointing; the cell is not finished."""
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
@@ -79,21 +86,48 @@ def wandb_run_id(run_dir: Path, labels: dict[str, Any]) -> str:
 
 
 def make_loggers(cfg: CellConfig, run_dir: Path) -> list[Logger]:
+    earlier_attempts = sorted(run_dir.glob("logs/version_*/metrics.csv"))
     # one CSV version per attempt (Lightning's CSV logger would truncate a reused file); merged at the end
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs")]
     if cfg.wandb.enabled:
         from lightning.pytorch.loggers import WandbLogger
 
         w = cfg.wandb
-        loggers.append(
-            WandbLogger(
-                project=w.project, entity=w.entity, group=w.group, job_type=w.job_type,
-                name=w.name or run_dir.name, tags=list(w.tags), save_dir=str(run_dir),
-                id=wandb_run_id(run_dir, cfg.labels), resume="allow", mode=wandb_mode(w),
-                config=to_dict(cfg),
-            )
+        run_id = wandb_run_id(run_dir, cfg.labels)
+        mode = wandb_mode(w)
+        previous = sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}")) if mode == "offline" else []
+        logger = WandbLogger(
+            project=w.project, entity=w.entity, group=w.group, job_type=w.job_type,
+            name=w.name or run_dir.name, tags=list(w.tags), save_dir=str(run_dir),
+            id=run_id, resume="allow", mode=mode, config=to_dict(cfg),
         )
+        if previous:
+            _continue_offline_run(logger, previous, earlier_attempts)
+        loggers.append(logger)
     return loggers
+
+
+def _continue_offline_run(logger: Logger, previous: list[Path], attempts: list[Path]) -> None:
+    """Keep ONE offline W&B run directory per cell across restarts.
+
+    wandb starts a new offline directory per process even when the run id is the same; online, ``resume``
+    stitches attempts together, offline it cannot. So a restarted cell re-logs the earlier attempts' metrics
+    (kept in their CSV logs) into the new directory and removes the old one(s): `wandb sync` then uploads one
+    complete run per cell.
+    """
+    import shutil
+
+    if not getattr(logger.experiment, "id", None):  # ranks other than 0 hold a dummy experiment
+        return
+    for attempt in attempts:
+        with attempt.open(newline="") as f:
+            for row in csv.DictReader(f):
+                step = int(float(row.pop("step", 0) or 0))
+                metrics = {k: float(v) for k, v in row.items() if v not in ("", None)}
+                if metrics:
+                    logger.log_metrics(metrics, step=step)
+    for old in previous:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def merge_metrics(run_dir: Path) -> None:
@@ -122,8 +156,29 @@ def validate_config(cfg: CellConfig) -> None:
         raise UserError("transfer.base is empty; set it to the base cell's run directory")
 
 
-def train_cell(cfg: CellConfig) -> dict[str, Any]:
-    """Train (or resume, or skip if finished) one cell and return its result."""
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """Newest valid checkpoint of the cell: last.ckpt, the preemption checkpoint or a Lightning hpc_ckpt."""
+    ckpt_dir = run_dir / "checkpoints"
+    return newest_valid_checkpoint([ckpt_dir / LAST_CKPT, ckpt_dir / PREEMPT_CKPT, *run_dir.glob("hpc_ckpt_*.ckpt")])
+
+
+def _node_names(trainer: L.Trainer) -> list[str]:
+    """Host (Slurm node) of every rank, in rank order: proof of where a multi-node cell really ran."""
+    name = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        names: list[Any] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(names, name)
+        return [str(n) for n in names]
+    return [name]
+
+
+def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
+               plugins: list[Any] | None = None) -> dict[str, Any]:
+    """Train (or resume, or skip if finished) one cell and return its result (empty on ranks other than 0).
+
+    ``callbacks`` and ``plugins`` come from the launcher (e.g. a preemption handler and the cluster
+    environment); a :class:`PreemptionHandler` that fired turns into :class:`Preempted`.
+    """
     run_dir = Path(cfg.run_dir)
     done = read_result(run_dir)
     if done is not None:
@@ -142,10 +197,13 @@ def train_cell(cfg: CellConfig) -> dict[str, Any]:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(to_dict(cfg), run_dir / "config.yaml")
     datamodule.split.save(run_dir / "split.json")
-    callbacks: list[L.Callback] = [
+    extra_callbacks = list(callbacks or [])
+    callbacks = [
+        *extra_callbacks,
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/top1", mode="max", save_top_k=1,
                         save_last=True, enable_version_counter=False),
     ]
+    callbacks.append(TrainingState(datamodule.position))
     if cfg.trainer.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                                          every_n_train_steps=cfg.trainer.checkpoint_every_n_steps))
@@ -156,16 +214,19 @@ def train_cell(cfg: CellConfig) -> dict[str, Any]:
         precision=resolve_precision(t.precision), limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar, enable_model_summary=False,
-        logger=make_loggers(cfg, run_dir), callbacks=callbacks,
+        logger=make_loggers(cfg, run_dir), callbacks=callbacks, plugins=[AtomicCheckpointIO(), *(plugins or [])],
+        use_distributed_sampler=False,  # our samplers split ranks themselves, and can resume mid-epoch
     )
-    last = ckpt_dir / LAST_CKPT
-    resumed = last.is_file()
+    resume_from = resume_checkpoint(run_dir)
     start = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resumed else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     wall = time.time() - start
+    if any(isinstance(c, PreemptionHandler) and c.preempted for c in extra_callbacks):
+        raise Preempted(f"{run_dir}: checkpointed at step {trainer.global_step} on a preemption signal")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if "val/top1" not in metrics:  # resumed a run that had already reached its end: measure it again
         metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+    nodes = _node_names(trainer)
     if trainer.global_rank != 0:
         return {}
     merge_metrics(run_dir)
@@ -180,7 +241,12 @@ def train_cell(cfg: CellConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_time_s": round(wall, 3),
-        "resumed": resumed,
+        "started_at": start,  # this attempt's start and end (epoch seconds): dependency order is checkable
+        "finished_at": time.time(),
+        "resumed": resume_from is not None,
+        "resumed_from": resume_from.name if resume_from else None,
+        "world_size": trainer.world_size,
+        "nodes": nodes,
         "trainable_params": module.trainable_parameters(),
         "frozen_params": module.frozen_parameters(),
         "transfer": module.applied.to_json() if module.applied else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from datamodules.fashion_mnist import locate_fashion_mnist
 from pipeline.config import CellConfig, from_dict
 
 REQUIRE_ALL = os.environ.get("MKF_REQUIRE_ALL_TESTS") == "1"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -49,3 +51,30 @@ def cell_config(run_dir: Path, **sections: dict[str, Any]) -> CellConfig:
     for key, value in sections.items():
         base[key] = {**base[key], **value} if isinstance(base.get(key), dict) and isinstance(value, dict) else value
     return from_dict(CellConfig, base)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real Slurm (munged, slurmctld, slurmd n1 + n2 on 127.0.0.1) for the whole session; SLURM_CONF exported."""
+    import shutil
+    import subprocess
+
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch", "scontrol") if shutil.which(b) is None
+               and not Path("/usr/sbin", b).exists()]
+    if os.geteuid() != 0 or missing:
+        pytest.skip(f"needs root and Debian's slurm-wlm + munge (missing: {missing or 'root'}); "
+                    "`make test` installs them when run as root")
+    cluster = tmp_path_factory.mktemp("slurm")
+    up = subprocess.run(["bash", str(REPO / "slurm/testcluster/up.sh"), str(cluster)], capture_output=True, text=True)
+    if up.returncode != 0:
+        pytest.fail(f"test cluster did not start: {up.stdout}{up.stderr}")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster / "slurm.conf")
+    try:
+        yield cluster
+    finally:
+        subprocess.run(["bash", str(REPO / "slurm/testcluster/down.sh"), str(cluster)], capture_output=True)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous

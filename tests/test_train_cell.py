@@ -54,14 +54,20 @@ def test_finished_cell_is_not_trained_again(tmp_path: Path) -> None:
     assert (run / "result.json").stat().st_mtime_ns == stamp
 
 
-def test_killed_cell_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
-    """SIGKILL mid-training, rerun the same command: it continues from last.ckpt and reaches the same step count."""
-    run = tmp_path / "cell"
-    cfg = cell_config(run, data={"max_train_samples": 2048}, trainer={"max_epochs": 3, "checkpoint_every_n_steps": 4})
-    config = tmp_path / "cell.yaml"
-    dump_yaml(to_dict(cfg), config)
+def test_killed_cell_resumes_mid_epoch_and_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL mid-training, rerun the same command: it continues from last.ckpt (mid-epoch: same data order,
+    same RNG) and ends with exactly the weights of a run that was never interrupted."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "launch.cli", "train", "--config", str(config)]
+
+    def command(name: str) -> list[str]:
+        cfg = cell_config(tmp_path / name, data={"max_train_samples": 2048},
+                          trainer={"max_epochs": 3, "checkpoint_every_n_steps": 5})
+        dump_yaml(to_dict(cfg), tmp_path / f"{name}.yaml")
+        return [sys.executable, "-m", "launch.cli", "train", "--config", str(tmp_path / f"{name}.yaml")]
+
+    subprocess.run(command("reference"), cwd=REPO, env=env, check=True, capture_output=True)
+    run = tmp_path / "cell"
+    cmd = command("cell")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
@@ -71,12 +77,17 @@ def test_killed_cell_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
     assert read_result(run) is None
     step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < step_at_kill < 96
+    assert 0 < step_at_kill < 96 and step_at_kill % 32 != 0, "the kill must land mid-epoch"
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
     result = read_result(run)
     assert result is not None and result["resumed"] is True
     assert result["steps"] == 96  # 2048 / 64 x 3 epochs: the resumed run finishes the same schedule
     assert len(list((run / "logs").glob("version_*/metrics.csv"))) == 2  # both attempts' logs are kept
+    reference, resumed_weights = load_file(str(tmp_path / "reference" / "weights.safetensors")), load_file(
+        str(run / "weights.safetensors"))
+    for key, value in reference.items():
+        assert torch.equal(value, resumed_weights[key]), f"{key} differs from the uninterrupted run"
+    assert result["top1"] == read_result(tmp_path / "reference")["top1"]  # type: ignore[index]
 
 
 def test_wandb_offline_run_never_stores_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -275,7 +275,8 @@ class HorNet(nn.Module):
         )
 
         # Linear in block index over the whole network, as in the paper (not constant per stage).
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)  # plain floats (not torch.linspace) so the model can be built on the meta device
+        dpr = [drop_path_rate * i / max(1, total - 1) for i in range(total)]
         stages = []
         self.feature_info: list[dict[str, Any]] = []
         prev_chs = dims[0]

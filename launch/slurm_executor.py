@@ -1,0 +1,253 @@
+"""The Slurm executor: a sweep becomes one job array per (stage, profile), transfer arrays after base arrays.
+
+Array task i of an array trains the cell on line i+1 of the array's cell list, so one ``sbatch`` call covers
+hundreds of cells. Which job runs which cell is recorded in ``OUTPUT/slurm/jobs.json``; together with Slurm's
+own view (``scontrol show job``) it lets a re-run submit only the cells that are missing or failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any
+
+from rich.console import Console
+
+from datamodules.errors import UserError
+from launch.executors import Executor, SweepOutcome
+from launch.slurm_profiles import SlurmProfile, load_profiles, pick_profile, profile_for_stage
+from launch.sweep import STAGES, Cell, SweepPlan
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "templates" / "cell_array.sbatch"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                 "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
+
+
+class _ScriptTemplate(Template):
+    delimiter = "@"  # bash owns $
+
+
+def _comment_safe(value: str) -> str:
+    """Values shown in script comments: no newline can end the comment and start a command."""
+    return re.sub(r"[^\w.+-]", "_", value)
+
+
+def slurm_env() -> dict[str, str]:
+    """The environment for Slurm client commands (SLURM_CONF must reach every one of them)."""
+    return dict(os.environ)
+
+
+def run_slurm(cmd: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=slurm_env(), timeout=60)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} not found: run on a Slurm login node (or install slurm-client)") from None
+    if check and proc.returncode != 0:
+        raise UserError(f"{shlex.join(cmd)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+@dataclass
+class SlurmJob:
+    """One array task as Slurm reports it."""
+
+    job_id: str  # ARRAYID_TASK
+    state: str
+    restarts: int = 0
+    elapsed: str = ""
+    node: str = ""
+
+
+def query_jobs(job_ids: Sequence[str]) -> dict[str, SlurmJob]:
+    """Slurm's view of array tasks (``123_4``): state, restarts, elapsed. Unknown (purged) ids are absent."""
+    if not job_ids:
+        return {}
+    proc = run_slurm(["scontrol", "show", "job", "--oneliner"], check=False)
+    wanted = set(job_ids)
+    jobs: dict[str, SlurmJob] = {}
+    for line in proc.stdout.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        array, task = fields.get("ArrayJobId"), fields.get("ArrayTaskId")
+        if not array or task is None or not task.isdigit():
+            continue
+        jid = f"{array}_{task}"
+        if jid in wanted:
+            jobs[jid] = SlurmJob(jid, fields.get("JobState", "UNKNOWN"), int(fields.get("Restarts", "0") or 0),
+                                 fields.get("RunTime", ""), fields.get("NodeList", ""))
+    # pending array tasks not yet split off are listed as ArrayTaskId=0-9 (or %throttle); expand them
+    for line in proc.stdout.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        array, tasks = fields.get("ArrayJobId"), fields.get("ArrayTaskId", "")
+        if array and tasks and not tasks.isdigit():
+            for task in _expand_tasks(tasks):
+                jid = f"{array}_{task}"
+                if jid in wanted and jid not in jobs:
+                    jobs[jid] = SlurmJob(jid, fields.get("JobState", "PENDING"))
+    return jobs
+
+
+def _expand_tasks(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split("%")[0].split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.extend(range(int(lo), int(hi) + 1))
+        elif part.isdigit():
+            out.append(int(part))
+    return out
+
+
+@dataclass
+class JobBook:
+    """``OUTPUT/slurm/jobs.json``: the array task that runs (or ran) each cell."""
+
+    path: Path
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, output_dir: Path) -> JobBook:
+        path = output_dir / "slurm" / "jobs.json"
+        try:
+            cells = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cells = {}
+        return cls(path, cells)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name("jobs.json.tmp")
+        tmp.write_text(json.dumps(self.cells, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
+@dataclass
+class ArraySubmission:
+    """One sbatch call: the cells of one (stage, profile), its script and its command line."""
+
+    stage: str
+    profile_name: str
+    profile: SlurmProfile
+    cells: list[Cell]
+    script: Path
+    cells_file: Path
+    after: list[str] = field(default_factory=list)  # job ids this array waits for (afterok)
+    job_id: str | None = None
+
+    def command(self, sweep: str, log_dir: Path) -> list[str]:
+        array = f"0-{len(self.cells) - 1}" + (f"%{self.profile.array_throttle}" if self.profile.array_throttle else "")
+        cmd = ["sbatch", "--parsable", f"--job-name=mkf-{sweep}-{self.stage}", f"--array={array}",
+               f"--output={log_dir / '%A_%a.out'}", "--open-mode=append", *self.profile.sbatch_options()]
+        if self.after:
+            cmd += [f"--dependency=afterok:{':'.join(self.after)}", "--kill-on-invalid-dep=yes"]
+        return [*cmd, str(self.script)]
+
+
+def render_script(plan: SweepPlan, sub: ArraySubmission) -> str:
+    """The array's batch script; every value that came from a config is shell-quoted."""
+    p = sub.profile
+    env = {"WANDB_MODE": p.wandb_mode, **p.env}
+    return _ScriptTemplate(TEMPLATE.read_text()).substitute(
+        sweep=_comment_safe(plan.name), stage=sub.stage, profile=_comment_safe(sub.profile_name),
+        cells_file=shlex.quote(str(sub.cells_file)),
+        setup="\n".join([f"cd {shlex.quote(str(REPO_ROOT))}", *p.setup]),
+        env="\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items() if re.match(r"^[A-Z_][A-Z0-9_]*$", k)),
+        max_restarts=int(p.max_restarts), python=shlex.quote(p.python), nodes=int(p.nodes), devices=int(p.devices),
+        accelerator=shlex.quote(p.accelerator),
+    )
+
+
+class SlurmExecutor(Executor):
+    """Submit cells as job arrays; ``run`` returns once everything is submitted (Slurm runs it)."""
+
+    name = "slurm"
+
+    def __init__(self, profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False,
+                 sweep_slurm: dict[str, Any] | None = None, console: Console | None = None, **_: Any) -> None:
+        self.profiles = load_profiles(profiles_file)
+        self.default_profile = profile
+        self.dry_run = dry_run
+        self.sweep_slurm = sweep_slurm or {}
+        self.console = console or Console()
+        self.sbatch_calls = 0
+
+    def cells_to_submit(self, plan: SweepPlan, cells: Sequence[Cell]) -> tuple[list[Cell], dict[str, str]]:
+        """Unfinished cells minus those Slurm is already running or queueing; also their active job ids."""
+        book = JobBook.load(plan.output_dir)
+        known = {cid: entry["job_id"] for cid, entry in book.cells.items()}
+        jobs = query_jobs([known[c.id] for c in cells if c.id in known])
+        active = {c.id: known[c.id] for c in cells
+                  if c.id in known and known[c.id] in jobs and jobs[known[c.id]].state in ACTIVE_STATES}
+        return [c for c in cells if c.id not in active], active
+
+    def plan_arrays(self, plan: SweepPlan, cells: Sequence[Cell], active: dict[str, str]) -> list[ArraySubmission]:
+        slurm_dir = plan.output_dir / "slurm"
+        groups: dict[tuple[str, str], list[Cell]] = {}
+        for cell in cells:
+            name = profile_for_stage(self.sweep_slurm, cell.stage, self.default_profile)
+            groups.setdefault((cell.stage, name), []).append(cell)
+        subs = []
+        for stage in STAGES:
+            for (s, name), group in groups.items():
+                if s != stage:
+                    continue
+                profile = pick_profile(self.profiles, name, f"stage {stage}")
+                tag = f"{stage}-{_comment_safe(name)}-{int(time.time() * 1000)}"
+                subs.append(ArraySubmission(stage, name, profile, group, slurm_dir / f"{tag}.sbatch",
+                                            slurm_dir / f"{tag}.cells"))
+        return subs
+
+    def run(self, plan: SweepPlan, cells: Sequence[Cell]) -> SweepOutcome:
+        todo, active = self.cells_to_submit(plan, cells)
+        outcome = SweepOutcome({cid: "submitted" for cid in active})
+        for cid in active:
+            self.console.print(f"left alone: {plan.by_id()[cid].label} is already queued/running as {active[cid]}")
+        subs = self.plan_arrays(plan, todo, active)
+        book = JobBook.load(plan.output_dir)
+        log_dir = plan.output_dir / "slurm" / "logs"
+        base_jobs: dict[str, str] = {}  # cell id -> array job id (or active task id) that trains it
+        base_jobs.update({cid: jid.split("_")[0] for cid, jid in active.items()})
+        for sub in subs:
+            deps = {base_jobs[d] for c in sub.cells for d in c.depends_on if d in base_jobs}
+            sub.after = sorted(deps)
+            if not self.dry_run:
+                sub.script.parent.mkdir(parents=True, exist_ok=True)
+                log_dir.mkdir(parents=True, exist_ok=True)
+                sub.cells_file.write_text("".join(f"{c.id} {c.config_path}\n" for c in sub.cells))
+                sub.script.write_text(render_script(plan, sub))
+            cmd = sub.command(plan.name, log_dir)
+            if self.dry_run:
+                self.console.print(f"[bold]# {sub.stage} array, profile {sub.profile_name}: {len(sub.cells)} cells")
+                self.console.print(render_script(plan, sub), markup=False, highlight=False, soft_wrap=True)
+                self.console.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
+                job_id = f"<{sub.stage}-{sub.profile_name}>"
+            else:
+                job_id = run_slurm(cmd).stdout.strip().split(";")[0]
+                self.sbatch_calls += 1
+                self.console.print(f"submitted {sub.stage} array {job_id} ({sub.profile_name}): {len(sub.cells)} cells"
+                                   + (f", after {', '.join(sub.after)}" if sub.after else ""))
+                for i, cell in enumerate(sub.cells):
+                    book.cells[cell.id] = {"job_id": f"{job_id}_{i}", "array": job_id, "task": i, "stage": sub.stage,
+                                           "profile": sub.profile_name, "submitted": time.time()}
+                book.save()
+            for cell in sub.cells:
+                base_jobs[cell.id] = job_id
+                outcome.states[cell.id] = "submitted"
+        return outcome
+
+
+def cancel_sweep(plan: SweepPlan) -> list[str]:
+    """scancel every array of the sweep that Slurm still knows; returns the array ids cancelled."""
+    book = JobBook.load(plan.output_dir)
+    arrays = sorted({entry["array"] for entry in book.cells.values()})
+    if arrays:
+        run_slurm(["scancel", *arrays], check=False)
+    return arrays

@@ -1,0 +1,97 @@
+"""Cluster profiles: what a job asks Slurm for (partition, time, nodes, GPUs...) and how a node is prepared.
+
+Profiles are YAML (``configs/profiles.yaml``), selected with ``--profile`` and per stage from the sweep's
+``slurm.profiles`` (base cells may need more nodes than transfer cells).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datamodules.errors import UserError
+from pipeline.config import from_dict, load_yaml
+
+DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "configs" / "profiles.yaml"
+# values that end up as sbatch arguments: no spaces, quotes or shell metacharacters
+_SAFE = re.compile(r"^[A-Za-z0-9_.:,=@%+/\-\[\]]+$")
+
+
+@dataclass
+class SlurmProfile:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str = "01:00:00"  # time limit, D-HH:MM:SS
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0 = CPU job: one task per node
+    cpus_per_task: int = 4
+    mem: str | None = None  # per node, e.g. 64G
+    constraint: str | None = None
+    extra_sbatch: list[str] = field(default_factory=list)  # more sbatch options, e.g. ["--exclusive"]
+    setup: list[str] = field(default_factory=list)  # shell lines run first on the node: module load, venv...
+    env: dict[str, str] = field(default_factory=dict)  # exported before training
+    python: str = "python"  # the interpreter on compute nodes (after setup)
+    signal_grace_s: int = 120  # USR1 this long before the time limit: checkpoint + requeue
+    max_restarts: int = 3  # a cell requeued more often than this is marked failed
+    array_throttle: int | None = None  # run at most this many tasks of an array at once (--array=...%N)
+    wandb_mode: str = "offline"  # compute nodes often have no internet; `mkf sweep sync` uploads later
+
+    @property
+    def devices(self) -> int:
+        return max(1, self.gpus_per_node)
+
+    @property
+    def accelerator(self) -> str:
+        return "gpu" if self.gpus_per_node > 0 else "cpu"
+
+    def sbatch_options(self) -> list[str]:
+        """The resource part of the sbatch command line (no shell involved: passed as argv)."""
+        opts = [f"--nodes={self.nodes}", f"--ntasks-per-node={self.devices}", f"--cpus-per-task={self.cpus_per_task}",
+                f"--time={self.time}", "--requeue", f"--signal=USR1@{self.signal_grace_s}"]
+        for flag, value in (("partition", self.partition), ("account", self.account), ("qos", self.qos),
+                            ("mem", self.mem), ("constraint", self.constraint)):
+            if value:
+                opts.append(f"--{flag}={value}")
+        if self.gpus_per_node:
+            opts.append(f"--gpus-per-node={self.gpus_per_node}")
+        return opts + list(self.extra_sbatch)
+
+
+def _check(name: str, profile: SlurmProfile) -> None:
+    for key in ("partition", "account", "qos", "time", "mem", "constraint"):
+        value = getattr(profile, key)
+        if value is not None and not _SAFE.match(str(value)):
+            raise UserError(f"profile {name}: {key}={value!r} has characters Slurm does not accept; fix the profile")
+    for opt in profile.extra_sbatch:
+        if not opt.startswith("--") or not _SAFE.match(opt):
+            raise UserError(f"profile {name}: extra_sbatch {opt!r} must be one --option=value without spaces")
+    if profile.nodes < 1 or profile.gpus_per_node < 0 or profile.max_restarts < 0:
+        raise UserError(f"profile {name}: nodes >= 1, gpus_per_node >= 0 and max_restarts >= 0 are required")
+
+
+def load_profiles(path: str | Path | None = None) -> dict[str, SlurmProfile]:
+    """All profiles of a profiles YAML (a mapping name -> profile), validated."""
+    path = Path(path or DEFAULT_PROFILES)
+    raw = load_yaml(path) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must map profile names to profiles")
+    profiles = {}
+    for name, body in raw.items():
+        profile = from_dict(SlurmProfile, body or {}, f"{name}.")
+        _check(str(name), profile)
+        profiles[str(name)] = profile
+    return profiles
+
+
+def pick_profile(profiles: dict[str, SlurmProfile], name: str, where: str) -> SlurmProfile:
+    if name not in profiles:
+        raise UserError(f"unknown profile {name!r} ({where}); defined: {', '.join(profiles) or 'none'}")
+    return profiles[name]
+
+
+def profile_for_stage(sweep_slurm: dict[str, Any], stage: str, default: str | None) -> str:
+    """The profile of a stage: the sweep's ``slurm.profiles.<stage>``, else ``--profile``, else 'default'."""
+    return str((sweep_slurm.get("profiles") or {}).get(stage) or default or "default")

@@ -1,0 +1,128 @@
+"""Surviving interruptions: atomic checkpoints, mid-epoch data position, RNG state, and preemption signals.
+
+The contract: a job killed or preempted at any moment resumes from the newest *valid* checkpoint and, for the
+same seed, ends with the same weights as a run that was never interrupted. Scheduler specifics (how to requeue)
+are injected by the launcher, so this module knows signals and checkpoints, not Slurm.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.cloud_io import _atomic_save
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from datamodules.samplers import ResumePosition
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temp file, then rename: a crash mid-write never leaves a torn file to resume from."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        _atomic_save(checkpoint, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def is_valid_checkpoint(path: Path) -> bool:
+    """Loadable as a Lightning checkpoint (memory-mapped, so checking costs no copy of the weights)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return False
+    return isinstance(ckpt, dict) and "state_dict" in ckpt and "loops" in ckpt
+
+
+def newest_valid_checkpoint(candidates: list[Path]) -> Path | None:
+    """The most recently written checkpoint among ``candidates`` that loads; torn or missing ones are skipped."""
+    existing = sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return next((p for p in existing if is_valid_checkpoint(p)), None)
+
+
+class TrainingState(L.Callback):
+    """Saves what Lightning's checkpoint lacks for an exact resume: the data position and the RNG states."""
+
+    def __init__(self, position: ResumePosition) -> None:
+        self.position = position
+        self.batches_done = 0
+        self.epoch = 0
+        self.batches_per_epoch = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.batches_done, self.epoch = 0, trainer.current_epoch  # not called when resuming mid-epoch
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        # counted at the start, so a checkpoint written by any callback at this batch's end includes it
+        self.batches_done += 1
+        self.batches_per_epoch = int(trainer.num_training_batches)
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, done = self.epoch, self.batches_done
+        if self.batches_per_epoch and done >= self.batches_per_epoch:  # saved at an epoch's end
+            epoch, done = epoch + 1, 0
+        return {
+            "epoch": epoch, "batches_done": done,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # plain lists: checkpoints must load with torch.load(weights_only=True)
+            "numpy_rng": _numpy_state(),
+            "python_rng": random.getstate(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.batches_done = state["epoch"], state["batches_done"]
+        self.position.set(state["epoch"], state["batches_done"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        name, keys, pos, has_gauss, gauss = state["numpy_rng"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        random.setstate(state["python_rng"])
+
+
+def _numpy_state() -> list[Any]:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, keys.tolist(), pos, has_gauss, gauss]
+
+
+class PreemptionHandler(L.Callback):
+    """On ``signum`` (Slurm sends USR1 before the time limit): checkpoint at the next batch boundary, requeue, stop.
+
+    The signal handler only sets a flag; the checkpoint is written between steps (never mid-update), and ranks
+    agree on stopping at the same step through one boolean all-reduce per step, so no rank waits forever.
+    """
+
+    def __init__(self, checkpoint_path: Path, requeue: Callable[[], bool], signum: int = signal.SIGUSR1) -> None:
+        self.checkpoint_path = checkpoint_path
+        self.requeue = requeue
+        self.signum = signum
+        self.signalled = False
+        self.preempted = False
+        self.requeued = False
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        signal.signal(self.signum, self._on_signal)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            return
+        trainer.save_checkpoint(self.checkpoint_path)
+        self.preempted = True
+        if trainer.is_global_zero:
+            self.requeued = self.requeue()
+        trainer.should_stop = True
