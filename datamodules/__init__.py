@@ -1,4 +1,8 @@
-"""Bytes -> batches: datasets, class splits and the loaders that feed the pipeline."""
+"""Bytes -> batches: datasets, class splits and the loaders that feed the pipeline.
+
+``dataset`` names where the classes come from (its own reader); ``loader`` may swap the reader for shards written
+by ``mkf data write``: ``wds`` (webdataset tar shards) or ``ffcv`` (.beton files), read from ``shards``.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,50 @@ from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 
 DATASETS = ("fashion_mnist", "image_folder")
+LOADERS = ("default", "folder", "wds", "ffcv")
+# DataConfig keys only the image loaders understand, with the defaults that mean "not used"
+_IMAGE_KEYS = {"val_image_size": None, "scale": [0.08, 1.0], "crop_ratio": 224 / 256, "shuffle_buffer": 1000,
+               "shards": None}
 
 
-def build_datamodule(dataset: str, **kwargs: Any) -> SplitDataModule:
-    """The datamodule for ``dataset`` (a name from :data:`DATASETS`), built from the cell's ``data`` section."""
+def _reject_unused(where: str, kwargs: dict[str, Any], keys: dict[str, Any]) -> None:
+    """A knob that would be silently ignored is a mistake: say so instead."""
+    for key, default in keys.items():
+        value = kwargs.pop(key, default)
+        if value != default and not (isinstance(value, list | tuple) and list(value) == default):
+            raise UserError(f"data.{key} does not apply to {where}; remove it or pick a loader that uses it")
+
+
+def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> SplitDataModule:
+    """The datamodule for ``dataset`` (a name from :data:`DATASETS`) read by ``loader``, from a cell's ``data``."""
+    if loader not in LOADERS:
+        raise UserError(f"unknown data.loader {loader!r}; use one of {', '.join(LOADERS)}")
+    if loader in ("wds", "ffcv"):
+        for key in ("max_train_samples", "max_val_samples"):
+            if kwargs.pop(key, None) is not None:
+                raise UserError(f"data.{key} is not supported by loader {loader}; write a smaller set with "
+                                "`mkf data write --max-per-class N`")
+        if loader == "wds":
+            from datamodules.webdataset_loader import WebDatasetDataModule
+
+            return WebDatasetDataModule(**kwargs)
+        from datamodules.ffcv_loader import FFCVDataModule
+
+        kwargs.pop("shuffle_buffer", None)
+        return FFCVDataModule(**kwargs)
     if dataset == "fashion_mnist":
+        if loader == "folder":
+            raise UserError("fashion_mnist has no folder reader; use loader default, or write shards (wds/ffcv)")
         from datamodules.fashion_mnist import FashionMNISTDataModule
 
+        _reject_unused("dataset fashion_mnist", kwargs, _IMAGE_KEYS)
         return FashionMNISTDataModule(**kwargs)
     if dataset == "image_folder":
         from datamodules.image_folder import ImageFolderDataModule
 
+        _reject_unused("loader folder", kwargs, {"shuffle_buffer": 1000, "shards": None})
         return ImageFolderDataModule(**kwargs)
     raise UserError(f"unknown data.dataset {dataset!r}; use one of {', '.join(DATASETS)}")
 
 
-__all__ = ["DATASETS", "SplitDataModule", "UserError", "build_datamodule"]
+__all__ = ["DATASETS", "LOADERS", "SplitDataModule", "UserError", "build_datamodule"]

@@ -9,38 +9,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from datamodules.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    AugmentSpec,
+    torchvision_train_transform,
+    torchvision_val_transform,
+)
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataModule", "train_transform", "val_transform"]
 
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
-    """Train-time augmentation: RandomResizedCrop + horizontal flip, ImageNet normalisation."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(image_size, scale=scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    """Train-time augmentation of the shared contract (datamodules.augment): RandomResizedCrop + flip."""
+    return torchvision_train_transform(AugmentSpec(train_resolution=image_size, scale=scale))
 
 
 def val_transform(image_size: int, crop_ratio: float = 224 / 256) -> v2.Compose:
     """Evaluation: resize the short side to image_size / crop_ratio, then a centre crop."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(round(image_size / crop_ratio), antialias=True),
-        v2.CenterCrop(image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return torchvision_val_transform(AugmentSpec(val_resolution=image_size, crop_ratio=crop_ratio))
 
 
 def _class_folders(path: Path) -> list[str]:
@@ -61,6 +54,9 @@ class ImageFolderDataModule(SplitDataModule):
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
         seed: int = 0,
+        val_image_size: int | None = None,
+        scale: tuple[float, float] | list[float] = (0.08, 1.0),
+        crop_ratio: float = 224 / 256,
     ) -> None:
         if root is None:
             raise UserError("data.root is required for dataset image_folder; set it to a folder with train/ and val/")
@@ -76,6 +72,8 @@ class ImageFolderDataModule(SplitDataModule):
             raise UserError(f"{self.root / 'val'} lacks class folders {missing[:5]}; train and val need the same classes")
         super().__init__(classes, split, half, batch_size, num_workers, seed)
         self.image_size = image_size
+        self.spec = AugmentSpec(train_resolution=image_size, val_resolution=val_image_size or image_size,
+                                scale=(float(scale[0]), float(scale[1])), crop_ratio=crop_ratio)
         self.max_train_samples = max_train_samples
         self.max_val_samples = max_val_samples
 
@@ -83,7 +81,7 @@ class ImageFolderDataModule(SplitDataModule):
         label_map = self.label_map
         folder = datasets.ImageFolder(
             str(self.root / part),
-            transform=train_transform(self.image_size) if train else val_transform(self.image_size),
+            transform=torchvision_train_transform(self.spec) if train else torchvision_val_transform(self.spec),
             target_transform=lambda y: label_map[y],
         )
         index = [i for i, (_, y) in enumerate(folder.samples) if y in label_map]

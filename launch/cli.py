@@ -21,7 +21,7 @@ from datamodules.errors import UserError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 # tables stay readable when piped or logged (rich would squeeze them into 80 columns)
-console = Console(width=None if sys.stdout.isatty() else 160)
+console = Console(width=None if sys.stdout.isatty() else 220)
 err_console = Console(stderr=True)
 
 
@@ -49,7 +49,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
 # ---- mkf train ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_cell_config
-    from pipeline.train import Preempted, train_cell
+    from pipeline.resume import Preempted
+    from pipeline.train import train_cell
 
     cfg = load_cell_config(args.config)
     if args.run_dir:
@@ -154,7 +155,7 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
     if book.cells:
         columns += ["job", "slurm", "restarts", "elapsed"]
     for col in columns:
-        table.add_column(col, no_wrap=col == "id", min_width=12 if col == "id" else None, overflow="fold")
+        table.add_column(col, no_wrap=True, min_width=12 if col == "id" else None)
     counts: dict[str, Counter[str]] = {}
     for c in plan.cells:
         state = cell_state(plan, c)
@@ -209,6 +210,11 @@ def report(sweep_dir: str | Path) -> list[Path]:
     console.print(table)
     for f in files:
         console.print(f"wrote {f}")
+    from launch.wandb_sync import log_report
+
+    logged = log_report(Path(sweep_dir), files[1], rows)
+    if logged:
+        console.print(f"logged the figure to W&B ({logged})")
     return files
 
 
@@ -237,6 +243,14 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
     bench_train(arch=args.arch, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                 image_size=args.image_size, repeats=args.repeats, out_json=args.json, console=console)
+    return 0
+
+
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    from launch.bench_sweep import bench_sweep
+
+    bench_sweep(seeds=args.seeds, arch=args.arch, profile=args.profile, profiles_file=args.profiles,
+                submit=not args.no_submit, out_json=args.json, console=console)
     return 0
 
 
@@ -326,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeats", type=int, default=3, help="alternating runs of each; the median is reported")
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_train)
+
+    s = bench.add_parser("sweep", help="planning time of a 10,000-cell sweep and its sbatch calls",
+                         description="Plans ~10,000 cells (convnext_base, all 36 depths, 5 variants, 55 seeds), "
+                                     "then submits them to the Slurm cluster in SLURM_CONF (e.g. the test cluster "
+                                     "of slurm/testcluster/up.sh) and cancels them again.")
+    s.add_argument("--seeds", type=int, default=55, help="seeds (182 cells each with convnext_base)")
+    s.add_argument("--arch", default="convnext_base")
+    s.add_argument("--profile", default="local-test", help="profile used for both stages")
+    s.add_argument("--profiles", help="profiles YAML (default: configs/profiles.yaml)")
+    s.add_argument("--no-submit", action="store_true", help="only plan (no Slurm needed)")
+    s.add_argument("--json", help="also write the figures to this JSON file")
+    s.set_defaults(func=cmd_bench_sweep)
 
     from launch import data_cli
 

@@ -144,7 +144,7 @@ class ArraySubmission:
 
     def command(self, sweep: str, log_dir: Path) -> list[str]:
         array = f"0-{len(self.cells) - 1}" + (f"%{self.profile.array_throttle}" if self.profile.array_throttle else "")
-        cmd = ["sbatch", "--parsable", f"--job-name=mkf-{sweep}-{self.stage}", f"--array={array}",
+        cmd = ["sbatch", "--parsable", f"--job-name=mkf-{_comment_safe(sweep)}-{self.stage}", f"--array={array}",
                f"--output={log_dir / '%A_%a.out'}", "--open-mode=append", *self.profile.sbatch_options()]
         if self.after:
             cmd += [f"--dependency=afterok:{':'.join(self.after)}", "--kill-on-invalid-dep=yes"]

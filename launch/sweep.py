@@ -128,6 +128,8 @@ def load_sweep(path: str | Path) -> SweepConfig:
 
 
 def _validate(sweep: SweepConfig) -> None:
+    if any(ord(ch) < 32 for ch in sweep.output_dir):
+        raise UserError(f"output_dir {sweep.output_dir!r} contains a control character (newline, tab...); rename it")
     if not sweep.archs:
         raise UserError("the sweep lists no archs; add e.g. `archs: [{arch: convnext_demo, unit_kind: depthwise}]`")
     for i, entry in enumerate(sweep.archs):
@@ -158,7 +160,12 @@ def _validate(sweep: SweepConfig) -> None:
             raise UserError(f"{where}.model.arch is set by the sweep's archs list; remove it")
 
 
-def _cell_config(sweep: SweepConfig, stage: str, arch: str, half: str, seed: int) -> dict[str, Any]:
+def _cell_config(sweep: SweepConfig, stage: str, arch: str, half: str, seed: int,
+                 _cache: dict[tuple[Any, ...], str] | None = None) -> dict[str, Any]:
+    """The resolved config of one cell (a fresh copy: callers fill in transfer, labels, paths)."""
+    key = (id(sweep), stage, arch, half, seed)
+    if _cache is not None and key in _cache:
+        return json.loads(_cache[key])  # a JSON round trip copies faster than deepcopy
     train = _merge(sweep.train, sweep.stages.get(stage) or {})
     config = to_dict(CellConfig())
     for section in TRAIN_SECTIONS:
@@ -167,6 +174,8 @@ def _cell_config(sweep: SweepConfig, stage: str, arch: str, half: str, seed: int
     config["data"] = _merge(config["data"], {**sweep.data, "half": half})
     config["seed"] = seed
     config["wandb"] = to_dict(sweep.wandb)
+    if _cache is not None:
+        _cache[key] = json.dumps(config)
     return config
 
 
@@ -174,6 +183,7 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
     """Expand the sweep into cells: base cells first, each transfer cell after the base it copies from."""
     out = Path(sweep.output_dir)
     plan = SweepPlan(sweep.name, out, [])
+    templates: dict[tuple[Any, ...], str] = {}  # thousands of transfer cells share a handful of templates
 
     def add(config: dict[str, Any], cid: str, stage: str, arch: ArchEntry, variant: str, depth: int | None,
             seed: int, depends_on: list[str]) -> str:
@@ -208,7 +218,7 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
             transfers += [(arch, seed, v, d, base) for v in sweep.variants for d in depths]
     for arch, seed, variant, depth, base in transfers:
         half, mode, direction = VARIANTS[variant]
-        config = _cell_config(sweep, "transfer", arch.arch, "B", seed)
+        config = _cell_config(sweep, "transfer", arch.arch, "B", seed, templates)
         config["transfer"] = {"base": base[half], "unit_kind": arch.unit_kind, "depth": depth,
                               "direction": direction, "mode": mode, "mapping": None}
         cid = cell_id(config)  # hashed with the base's *id*; the path is filled in after

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zlib
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from launch.sweep import SweepPlan
+from pipeline.config import load_cell_config
+from pipeline.train import wandb_mode
 
 
 def offline_runs(plan: SweepPlan) -> list[Path]:
-    """Every cell's offline run directory (one per cell: restarts continue the same run id)."""
-    return sorted(p for c in plan.cells for p in Path(c.run_dir).glob("wandb/offline-run-*") if p.is_dir())
+    """Every cell's offline run directory (one per cell: restarts continue the same run id), and the report's."""
+    cells = [p for c in plan.cells for p in Path(c.run_dir).glob("wandb/offline-run-*") if p.is_dir()]
+    return sorted(cells + [p for p in plan.output_dir.glob("wandb/offline-run-*") if p.is_dir()])
 
 
 def sync_sweep(plan: SweepPlan, dry_run: bool = False, console: Console | None = None) -> int:
@@ -28,3 +33,29 @@ def sync_sweep(plan: SweepPlan, dry_run: bool = False, console: Console | None =
         return 0
     # wandb's own CLI does the upload (auth, retries, resume of the same run id)
     return subprocess.run([sys.executable, "-m", "wandb", "sync", *map(str, runs)]).returncode
+
+
+def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]]) -> str | None:
+    """Log Figure 3 and the results table to W&B when the sweep's cells log there; returns the run's directory.
+
+    The report run joins the sweep's group (job_type "report"), so the figure sits beside the cells' runs.
+    """
+    configs = sorted(sweep_dir.glob("cells/*/config.yaml"))
+    if not configs:
+        return None
+    cfg = load_cell_config(configs[0])
+    if not cfg.wandb.enabled:
+        return None
+    import wandb
+
+    w = cfg.wandb
+    group = w.group or sweep_dir.name
+    run = wandb.init(project=w.project, entity=w.entity, group=group, job_type="report", name=f"{group} report",
+                     id=f"report-{zlib.crc32(str(sweep_dir.resolve()).encode()):08x}", resume="allow",
+                     mode=wandb_mode(w), dir=str(sweep_dir))  # type: ignore[arg-type]
+    columns = sorted({k for r in rows for k in r})
+    run.log({"figure3": wandb.Image(str(figure)),
+             "results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+    directory = run.settings.sync_dir
+    run.finish()
+    return str(directory)

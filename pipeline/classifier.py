@@ -90,7 +90,8 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/top1", self.train_top1.compute())  # torchmetrics syncs ranks itself
+        # torchmetrics already synced the ranks; sync_dist averages identical values (and tells Lightning so)
+        self.log("train/top1", self.train_top1.compute(), sync_dist=True)
         self.train_top1.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

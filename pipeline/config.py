@@ -29,6 +29,12 @@ class DataConfig:
     num_workers: int = 0
     max_train_samples: int | None = None  # a seeded subset, for quick runs
     max_val_samples: int | None = None
+    loader: str = "default"  # default (the dataset's own reader) | folder | wds | ffcv (the last two read data.shards)
+    shards: str | None = None  # folder with index.json written by `mkf data write` (loader wds/ffcv)
+    val_image_size: int | None = None  # validation resolution; None = image_size (progressive resizing: per stage)
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range (image loaders)
+    crop_ratio: float = 224 / 256  # validation: resize short side to size / crop_ratio, then centre crop
+    shuffle_buffer: int = 1000  # wds: samples in each worker's shuffle buffer (on top of the shard permutation)
 
 
 @dataclass
@@ -184,5 +190,8 @@ def load_cell_config(path: str | Path) -> CellConfig:
     return from_dict(CellConfig, load_yaml(path) or {})
 
 
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: a 10,000-cell sweep writes its configs 10x faster
+
+
 def dump_yaml(data: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    Path(path).write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False))

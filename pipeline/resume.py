@@ -97,6 +97,10 @@ def _numpy_state() -> list[Any]:
     return [name, keys.tolist(), pos, has_gauss, gauss]
 
 
+class Preempted(Exception):
+    """Training stopped on a preemption signal right after checkpointing; the cell is not finished."""
+
+
 class PreemptionHandler(L.Callback):
     """On ``signum`` (Slurm sends USR1 before the time limit): checkpoint at the next batch boundary, requeue, stop.
 
@@ -125,4 +129,5 @@ class PreemptionHandler(L.Callback):
         self.preempted = True
         if trainer.is_global_zero:
             self.requeued = self.requeue()
-        trainer.should_stop = True
+        # raise rather than should_stop: no validation or epoch-end checkpoint may follow the preemption point
+        raise Preempted(f"checkpointed at step {trainer.global_step} on signal {self.signum}")

@@ -33,7 +33,7 @@ from datamodules import SplitDataModule, build_datamodule
 from datamodules.errors import UserError
 from pipeline.classifier import OPTIMIZERS, ImageClassifier
 from pipeline.config import CellConfig, WandbConfig, dump_yaml, to_dict
-from pipeline.resume import AtomicCheckpointIO, PreemptionHandler, TrainingState, newest_valid_checkpoint
+from pipeline.resume import AtomicCheckpointIO, TrainingState, newest_valid_checkpoint
 from pipeline.transfer import TransferSpec
 from pipeline.weights import WEIGHTS_FILE, save_weights
 
@@ -42,8 +42,6 @@ LAST_CKPT = "last.ckpt"
 PREEMPT_CKPT = "preempt.ckpt"  # written at a batch boundary when the scheduler warns of preemption
 
 
-class Preempted(Exception):
-    """Training stopped early on a preemption signal after checkpointing; the cell is not finished."""
 
 
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
@@ -177,7 +175,7 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
     """Train (or resume, or skip if finished) one cell and return its result (empty on ranks other than 0).
 
     ``callbacks`` and ``plugins`` come from the launcher (e.g. a preemption handler and the cluster
-    environment); a :class:`PreemptionHandler` that fired turns into :class:`Preempted`.
+    environment); a preemption handler that fired raises :class:`Preempted` out of here.
     """
     run_dir = Path(cfg.run_dir)
     done = read_result(run_dir)
@@ -221,8 +219,6 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
     start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     wall = time.time() - start
-    if any(isinstance(c, PreemptionHandler) and c.preempted for c in extra_callbacks):
-        raise Preempted(f"{run_dir}: checkpointed at step {trainer.global_step} on a preemption signal")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if "val/top1" not in metrics:  # resumed a run that had already reached its end: measure it again
         metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}

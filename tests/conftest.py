@@ -54,7 +54,7 @@ def cell_config(run_dir: Path, **sections: dict[str, Any]) -> CellConfig:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def slurm_cluster() -> Iterator[Path]:
     """A real Slurm (munged, slurmctld, slurmd n1 + n2 on 127.0.0.1) for the whole session; SLURM_CONF exported."""
     import shutil
     import subprocess
@@ -64,7 +64,11 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if os.geteuid() != 0 or missing:
         pytest.skip(f"needs root and Debian's slurm-wlm + munge (missing: {missing or 'root'}); "
                     "`make test` installs them when run as root")
-    cluster = tmp_path_factory.mktemp("slurm")
+    import tempfile
+
+    # not under pytest's tmp dir: that is private to root, and munged runs as the munge user
+    cluster = Path(tempfile.mkdtemp(prefix="mkf-slurm-"))
+    cluster.chmod(0o711)
     up = subprocess.run(["bash", str(REPO / "slurm/testcluster/up.sh"), str(cluster)], capture_output=True, text=True)
     if up.returncode != 0:
         pytest.fail(f"test cluster did not start: {up.stdout}{up.stderr}")
@@ -74,6 +78,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield cluster
     finally:
         subprocess.run(["bash", str(REPO / "slurm/testcluster/down.sh"), str(cluster)], capture_output=True)
+        shutil.rmtree(cluster, ignore_errors=True)
         if previous is None:
             os.environ.pop("SLURM_CONF", None)
         else:

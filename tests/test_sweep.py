@@ -109,3 +109,48 @@ def test_run_skip_resume_status_report(tmp_path: Path, capsys: pytest.CaptureFix
     for name in ("figure.png", "figure.pdf"):
         assert (out / name).stat().st_size > 1000
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_output_dir_with_a_newline_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Cell lists and scripts are line-based: a control character in output_dir is a clear error, not a broken job."""
+    assert main(["sweep", "plan", str(write_sweep(tmp_path, output_dir=str(tmp_path / "a\nb")))]) == 2
+    assert "control character" in capsys.readouterr().err
+    assert not (tmp_path / "a\nb").exists()
+
+
+@pytest.mark.usefixtures("fashion_root")
+def test_wandb_groups_cells_logs_the_figure_and_syncs_offline_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """W&B (offline, as on compute nodes): one run per cell in the sweep's group, the report figure logged as an
+    image, `mkf sweep sync` hands every offline run to `wandb sync`, and the API key is stored nowhere."""
+    secret = "fedcba9876543210fedcba9876543210fedcba98"
+    monkeypatch.setenv("WANDB_API_KEY", secret)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep = write_sweep(tmp_path, depths=[1], variants=["AnB"], wandb={"enabled": True, "project": "mkf-test"})
+    out = tmp_path / "out"
+    assert main(["sweep", "run", str(sweep), "--no-progress"]) == 0
+    plan = plan_sweep(load_sweep(sweep))
+    for cell in plan.cells:
+        runs = list(Path(cell.run_dir).glob("wandb/offline-run-*"))
+        assert len(runs) == 1 and runs[0].name.endswith(cell.id)
+        config = yaml.safe_load((Path(cell.run_dir) / "config.yaml").read_text())["wandb"]
+        assert config["group"] == "mini" and config["job_type"] == cell.stage
+        assert cell.arch in config["tags"] and f"depth={cell.depth}" in config["tags"]
+    assert main(["report", str(out)]) == 0
+    assert "logged the figure to W&B" in capsys.readouterr().out
+    images = list(out.glob("wandb/offline-run-*/files/media/images/figure3_*.png"))
+    assert len(images) == 1 and images[0].stat().st_size > 1000
+
+    calls: list[list[str]] = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr("launch.wandb_sync.subprocess.run", lambda cmd, **kw: calls.append(cmd) or Done())
+    assert main(["sweep", "sync", str(out)]) == 0
+    (cmd,) = calls
+    assert cmd[1:4] == ["-m", "wandb", "sync"] and len(cmd[4:]) == 4  # 3 cells + the report
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"

@@ -1,0 +1,108 @@
+"""`mkf data verify DIR`: decode every sample of a written dataset and check the counts against index.json.
+
+Catches what a training run would trip over hours in: a truncated shard, a member that does not decode, a label
+out of range, a shard whose sample count drifted from the index.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from datamodules.errors import UserError
+from datamodules.shard_writer import read_index
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def verify_tar(path: str, num_classes: int) -> dict[str, Any]:
+    """Decode every image of one shard; return samples, per-class counts and problems (key: why)."""
+    samples: dict[str, dict[str, bytes]] = {}
+    problems: list[str] = []
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.partition(".")
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                samples.setdefault(key, {})[ext.lower()] = data
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        problems.append(f"{path}: unreadable tar ({exc})")
+    per_class: Counter[int] = Counter()
+    for key, members in samples.items():
+        image = next((members[k] for k in IMAGE_KEYS if k in members), None)
+        try:
+            label = int(members["cls"].decode())
+            if not 0 <= label < num_classes:
+                raise ValueError(f"label {label} outside 0..{num_classes - 1}")
+            if image is None:
+                raise ValueError(f"no image member, has {sorted(members)}")
+            with Image.open(io.BytesIO(image)) as img:
+                img.load()
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{path}:{key}: {type(exc).__name__}: {exc}")
+            continue
+        per_class[label] += 1
+    return {"samples": sum(per_class.values()), "per_class": per_class, "problems": problems}
+
+
+def verify_beton(path: str, num_classes: int) -> dict[str, Any]:
+    """Decode every image of one .beton through FFCV (centre crop to 32 px keeps it cheap)."""
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    loader = Loader(path, batch_size=256, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": [CenterCropRGBImageDecoder((32, 32), ratio=1.0)],
+                               "label": [IntDecoder(), ToTensor()]})
+    per_class: Counter[int] = Counter()
+    problems: list[str] = []
+    for _, labels in loader:
+        for label in labels.view(-1).tolist():
+            if not 0 <= label < num_classes:
+                problems.append(f"{path}: label {label} outside 0..{num_classes - 1}")
+            per_class[label] += 1
+    return {"samples": sum(per_class.values()), "per_class": per_class, "problems": problems}
+
+
+def verify_dataset(root: str | Path, workers: int = 1) -> dict[str, Any]:
+    """Check every file of ``root``'s index; raises UserError listing the first problems, else returns counts."""
+    root = Path(root)
+    index = read_index(root)
+    classes = index["classes"]
+    files = [(set_name, part, f) for set_name, entry in index["sets"].items() for part in ("train", "val")
+             for f in entry[part]["files"]]
+    missing = [str(root / f["name"]) for _, _, f in files if not (root / f["name"]).is_file()]
+    if missing:
+        raise UserError(f"shard {missing[0]} is missing ({len(missing)} files in all); rerun `mkf data write` "
+                        "with the same arguments to repair it")
+    check = verify_beton if index["format"] == "ffcv" else verify_tar
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(check, [str(root / f["name"]) for _, _, f in files], [len(classes)] * len(files)))
+    problems: list[str] = []
+    counts: dict[str, dict[str, int]] = {}
+    for (set_name, part, f), result in zip(files, results, strict=True):
+        problems += result["problems"]
+        if result["samples"] != f["samples"]:
+            problems.append(f"{root / f['name']}: {result['samples']} samples decode, index says {f['samples']}")
+        counts.setdefault(set_name, Counter())[part] += result["samples"]  # type: ignore[index]
+    for set_name, entry in index["sets"].items():
+        for part in ("train", "val"):
+            per_class = Counter()
+            for (s, p, _), result in zip(files, results, strict=True):
+                if (s, p) == (set_name, part):
+                    per_class.update({classes[k]: v for k, v in result["per_class"].items()})
+            if dict(per_class) != entry[part]["per_class"]:
+                problems.append(f"{set_name}/{part}: per-class counts differ from the index")
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{root} failed verification: {'; '.join(problems[:3])}{more}; rewrite it with `mkf data write`")
+    return {"root": str(root), "format": index["format"], "files": len(files),
+            "samples": {s: dict(c) for s, c in counts.items()}, "total": sum(r["samples"] for r in results)}
