@@ -98,7 +98,12 @@ def release_requeued(job: str) -> None:
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         return job_state(job) in ("RUNNING", "COMPLETING", "COMPLETED")
 
-    wait_for(started, 60, f"requeued job {job} to start again")
+    try:
+        wait_for(started, 120, f"requeued job {job} to start again")
+    except AssertionError as exc:
+        show = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+        queue = subprocess.run(["squeue", "-a", "-r"], capture_output=True, text=True).stdout
+        raise AssertionError(f"{exc}\n{show}\n{queue}") from None
 
 
 def all_finished(sweep: Path) -> Callable[[], bool]:
