@@ -98,7 +98,7 @@ def _decode_chunk(args: tuple[list[str], int, str]) -> int:
     transform = torchvision_train_transform(spec)
     for path in files:
         data = Path(path).read_bytes()
-        if how == "pil-draft":
+        if how == "wds":
             decode_train(data, spec)
         else:
             with Image.open(path) as img:
@@ -155,14 +155,14 @@ def bench_loader(count: int = 2000, sizes: tuple[int, ...] = (160, 224), workers
         results["webdataset"] = _timed(DataLoader(stream, batch_size=None, num_workers=workers), n_train)
         if have_ffcv:
             results["ffcv"] = _ffcv_rate(ffcv_dir, size, batch_size, workers, n_train)
-        results["decode_limit_pil_draft"] = decode_limit(files, size, workers, "pil-draft")
+        results["decode_limit_wds"] = decode_limit(files, size, workers, "wds")
         results["decode_limit_imagefolder"] = decode_limit(files, size, workers, "torchvision")
         rows.append({"size": size, **{k: round(v, 1) for k, v in results.items()}})
     report = {"images": n_train, "workers": workers, "batch_size": batch_size, "cpu_count": os.cpu_count(),
               "rows": rows}
     for row in rows:
         row["wds_vs_imagefolder"] = round(row["webdataset"] / row["imagefolder"], 2)
-        row["wds_vs_decode_limit"] = round(row["webdataset"] / row["decode_limit_pil_draft"], 2)
+        row["wds_vs_decode_limit"] = round(row["webdataset"] / row["decode_limit_wds"], 2)
     if console is not None:
         _print_table(report, console)
     if out_json:
@@ -189,7 +189,7 @@ def _print_table(report: dict[str, Any], console: Any) -> None:
 
     table = Table(title=f"loader images/s ({report['images']} JPEGs ~500x375 q90, {report['workers']} workers, "
                         f"batch {report['batch_size']})")
-    cols = ["size", "imagefolder", "webdataset", "ffcv", "decode_limit_pil_draft", "decode_limit_imagefolder",
+    cols = ["size", "imagefolder", "webdataset", "ffcv", "decode_limit_wds", "decode_limit_imagefolder",
             "wds_vs_imagefolder", "wds_vs_decode_limit"]
     for col in cols:
         table.add_column(col.replace("_", " "), justify="right")

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import time
 import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -98,7 +99,8 @@ def write_wds_shard(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptio
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     per_class: Counter[int] = Counter()
     skipped: list[str] = []
-    with wds.TarWriter(str(tmp), encoder=False) as sink:
+    # a whole-second mtime: a float one makes tarfile add a PAX header to every member, which costs readers
+    with wds.TarWriter(str(tmp), encoder=False, mtime=int(time.time())) as sink:
         for item in plan.items:
             try:
                 data, ext = _read_checked(recipe, plan.part, item, opts)

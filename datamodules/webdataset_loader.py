@@ -12,7 +12,10 @@ Every (rank, DataLoader worker) pair is one *slot*. Per epoch:
   exactly once across all ranks, so the all-gathered top-1 is exact.
 
 The epoch comes from the trainer (restored on resume), not from a counter, so a resumed run continues with the
-order of the epoch it resumes in. Shuffle buffers and crop randomness are seeded from ``(seed, epoch, slot)``.
+order of the epoch it resumes in. Shuffle buffers are seeded from ``(seed, epoch, slot)`` and crop randomness from
+``(seed, epoch, slot, batch)``, so a run resumed mid-epoch (``datamodule.position``, as for the in-memory loaders)
+skips the batches it already trained on *without decoding them* and still gets the same later batches as an
+uninterrupted run. (If a skipped batch held a corrupt image the skip is off by that sample: it is found by decoding.)
 
 Bad samples (truncated or zero-byte images, non-image members, a missing or bad ``cls``, unknown extensions,
 unreadable tar members) are skipped with a warning naming the shard and key, and counted; the count rides along
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from datamodules.augment import AugmentSpec, decode_train, decode_val, normalize_batch
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
+from datamodules.samplers import ResumePosition
 from datamodules.shard_writer import read_index
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,76 @@ class _SkipCounter:
         return True  # continue with the next member / shard
 
 
+def _tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of the regular files of a tar stream: ustar, GNU long names and PAX paths.
+
+    A direct header parser: Python's tarfile spends more time per member than libjpeg-turbo needs to decode a
+    small image, which made the tar reader a fifth of the loader's cost.
+    """
+    long_name: str | None = None
+    while True:
+        header = stream.read(512)
+        if len(header) < 512 or header == bytes(512):
+            if 0 < len(header) < 512:
+                raise tarfile.ReadError("truncated tar header")
+            return
+        size_field = header[124:136].strip(b"\0 ")
+        size = int(size_field, 8) if size_field else 0
+        data = stream.read(size)
+        if len(data) < size:
+            raise tarfile.ReadError(f"truncated tar member {header[:100].rstrip(bytes(1)).decode(errors='replace')}")
+        stream.read(-size % 512)
+        kind = header[156:157]
+        if kind == b"L":  # GNU long name of the next member
+            long_name = data.rstrip(bytes(1)).decode()
+            continue
+        if kind == b"x":  # PAX extended header of the next member: "<len> key=value\n" records
+            for record in data.decode(errors="replace").splitlines():
+                key, _, value = record.partition(" ")[2].partition("=")
+                if key == "path":
+                    long_name = value
+            continue
+        if kind not in (b"0", b"\0", b"7"):  # only regular files carry sample members
+            long_name = None
+            continue
+        if long_name is not None:
+            name, long_name = long_name, None
+        else:
+            name = header[:100].rstrip(bytes(1)).decode()
+            prefix = header[345:500].rstrip(bytes(1)).decode() if header[257:262] == b"ustar" else ""
+            name = f"{prefix}/{name}" if prefix else name
+        yield name, data
+
+
+def _tar_samples(handler: Callable[[Exception], bool]) -> Callable[[Iterator[dict[str, str]]], Iterator[dict]]:
+    """Pipeline stage: shard URLs -> samples ``{__key__, __url__, ext: bytes}``, grouped as webdataset does."""
+    import webdataset as wds
+
+    def samples(urls: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+        for entry in urls:
+            url = entry["url"]
+            sample: dict[str, Any] = {}
+            try:
+                with wds.gopen(url, "rb") as stream:
+                    for name, data in _tar_members(stream):
+                        slash = name.rfind("/") + 1
+                        dot = name.find(".", slash)
+                        if dot < 0 or name[slash:].startswith("__"):
+                            continue
+                        key, ext = name[:dot], name[dot + 1:].lower()
+                        if sample.get("__key__") != key:
+                            if sample:
+                                yield sample
+                            sample = {"__key__": key, "__url__": url}
+                        sample[ext] = data
+            except Exception as exn:  # noqa: BLE001 -- the handler counts it; the samples read so far are fine
+                if not handler(exn):
+                    raise
+            if sample:
+                yield sample
+    return samples
+
+
 def _slot_split(shards: list[Shard], slots: int, slot: int) -> tuple[list[Shard], int, int]:
     """Which shards slot ``slot`` reads and which samples of them it keeps (``j % mod == rem``)."""
     if len(shards) >= slots:
@@ -87,11 +162,12 @@ class ShardStream(IterableDataset):
         self.label_map, self.seed, self.num_workers = label_map, seed, max(1, num_workers)
         self.shuffle_buffer = shuffle_buffer
         self.epoch, self.rank, self.world = 0, 0, 1
+        self.skip_batches = 0  # this rank's batches of the epoch already trained on (a mid-epoch resume)
         self.total = sum(s.samples for s in self.shards)
 
-    def set_context(self, epoch: int, rank: int, world: int) -> None:
+    def set_context(self, epoch: int, rank: int, world: int, skip_batches: int = 0) -> None:
         """Called in the main process before workers start, so each worker sees this epoch's plan."""
-        self.epoch, self.rank, self.world = epoch, rank, world
+        self.epoch, self.rank, self.world, self.skip_batches = epoch, rank, world, skip_batches
 
     # -- sizes (from the index, so every rank agrees without communicating) -----------------------------------
     def train_batches_per_rank(self) -> int:
@@ -119,28 +195,34 @@ class ShardStream(IterableDataset):
         worker = info.id if info is not None else 0
         if info is not None and info.num_workers != self.num_workers:
             raise RuntimeError("ShardStream was built for another num_workers")
+        if self.train:
+            # The DataLoader asks its workers in turn starting with worker 0, and rank batch k is produced by the
+            # worker playing role k % workers; after skipping a resumed epoch's first batches, worker 0 must play
+            # the role whose turn is next.
+            worker = (worker + self.skip_batches) % self.num_workers
         slot = self.rank * self.num_workers + worker
         slots = self.world * self.num_workers
         skips = _SkipCounter()
-        torch.manual_seed(hash((self.seed, self.epoch, slot)) & 0x7FFFFFFF)
+        skip = 0
         if self.train:
             quota = self._worker_quota(worker)
             if quota == 0:
                 return
+            skip = _kept(self.skip_batches, self.num_workers, worker)
             urls: Callable[[], Iterator[dict[str, str]]] = lambda: self._train_urls(slot, slots)  # noqa: E731
             mod, rem = 1, 0
         else:
             shards, mod, rem = _slot_split(self.shards, slots, slot)
             urls = lambda: iter([{"url": s.url} for s in shards])  # noqa: E731
             quota = -1
-        stages: list[Any] = [urls, wds.tarfile_to_samples(handler=skips)]
+        stages: list[Any] = [urls, _tar_samples(skips)]
         if mod > 1:
             stages.append(_keep_modulo(mod, rem))
         if self.train:
             rng = random.Random(f"{self.seed}:{self.epoch}:{slot}")
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng))
         stream = wds.DataPipeline(*stages)
-        yield from self._batches(iter(stream), skips, quota)
+        yield from self._batches(iter(stream), skips, quota, slot, skip)
 
     def _train_urls(self, slot: int, slots: int) -> Iterator[dict[str, str]]:
         """This slot's shards of the epoch's permutation, then the whole permutation again and again."""
@@ -154,7 +236,9 @@ class ShardStream(IterableDataset):
                 yield {"url": shard.url}
         log.warning("slot %d ran out of readable samples after two extra passes over the shards", slot)
 
-    def _decode(self, sample: dict[str, Any], skips: _SkipCounter) -> tuple[torch.Tensor, int] | None:
+    def _decode(self, sample: dict[str, Any], skips: _SkipCounter,
+                decode: bool = True) -> tuple[torch.Tensor | None, int] | None:
+        """(uint8 CHW image, label), or None for a skipped sample; ``decode=False`` checks only the label."""
         where = f"{sample.get('__url__')}:{sample.get('__key__')}"
         label_bytes = sample.get("cls")
         if label_bytes is None:
@@ -169,6 +253,8 @@ class ShardStream(IterableDataset):
         if key is None:
             exts = sorted(k for k in sample if not k.startswith("__"))
             return self._skip(skips, where, f"no image member (has {exts}; expected one of {IMAGE_KEYS})")
+        if not decode:
+            return None, self.label_map[label]
         try:
             decode = decode_train if self.train else decode_val
             return decode(sample[key], self.spec), self.label_map[label]
@@ -181,31 +267,39 @@ class ShardStream(IterableDataset):
         log.warning("skipping sample %s: %s", where, why)
         return None
 
-    def _batches(self, samples: Iterator[dict[str, Any]], skips: _SkipCounter,
-                 quota: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]]:
+    def _batches(self, samples: Iterator[dict[str, Any]], skips: _SkipCounter, quota: int, slot: int = 0,
+                 skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]]:
         """Collate decoded samples; each batch carries the ids of samples skipped since the previous one.
 
-        A full batch is held back until the next one is full (or the stream ends), so skips that happen after
-        the last sample are still reported -- with the last batch.
+        The first ``skip`` batches are counted but not decoded (a mid-epoch resume). A full batch is held back
+        until the next one is full (or the stream ends), so skips that happen after the last sample are still
+        reported -- with the last batch.
         """
+        if 0 <= quota <= skip:
+            return
         reported = 0
         pending: tuple[torch.Tensor, torch.Tensor] | None = None
         produced = 0
-        images: list[torch.Tensor] = []
+        images: list[Any] = []
         labels: list[int] = []
+        torch.manual_seed(hash((self.seed, self.epoch, slot, produced)) & 0x7FFFFFFF)
         for sample in samples:
-            decoded = self._decode(sample, skips)
+            decoded = self._decode(sample, skips, decode=produced >= skip)
             if decoded is None:
                 continue
             images.append(decoded[0])
             labels.append(decoded[1])
             if len(images) < self.batch_size:
                 continue
+            produced += 1
+            torch.manual_seed(hash((self.seed, self.epoch, slot, produced)) & 0x7FFFFFFF)
+            if produced <= skip:
+                images, labels = [], []
+                continue
             if pending is not None:
                 yield (*pending, tuple(skips.ids[reported:]))
                 reported = len(skips.ids)
-            pending, images, labels = (torch.stack(images), torch.tensor(labels)), [], []
-            produced += 1
+            pending, images, labels = (_stack(images), torch.tensor(labels)), [], []
             if produced == quota:
                 break
         if 0 <= quota and produced < quota:
@@ -214,9 +308,16 @@ class ShardStream(IterableDataset):
             if pending is not None:
                 yield (*pending, tuple(skips.ids[reported:]))
                 reported = len(skips.ids)
-            pending = (torch.stack(images), torch.tensor(labels))
+            pending = (_stack(images), torch.tensor(labels))
         if pending is not None:
             yield (*pending, tuple(skips.ids[reported:]))
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """CHW images -> [N,3,H,W]; CHW views of HWC pixels stack their HWC memory (a plain copy, channels_last)."""
+    if images[0].is_contiguous():
+        return torch.stack(images)
+    return torch.stack([img.permute(1, 2, 0) for img in images]).permute(0, 3, 1, 2)
 
 
 def _keep_modulo(mod: int, rem: int) -> Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]]:
@@ -230,12 +331,19 @@ def _keep_modulo(mod: int, rem: int) -> Callable[[Iterator[dict[str, Any]]], Ite
 class _EpochLoader(DataLoader):
     """A DataLoader that tells its ShardStream the epoch, rank and world size each time it is iterated."""
 
-    def __init__(self, dataset: ShardStream, context: Callable[[], tuple[int, int, int]], **kwargs: Any) -> None:
+    def __init__(self, dataset: ShardStream, context: Callable[[], tuple[int, int, int]],
+                 position: ResumePosition | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
         self._context = context
+        self._position = position
 
     def __iter__(self):  # type: ignore[no-untyped-def]
-        self.dataset.set_context(*self._context())  # type: ignore[attr-defined]
+        epoch, rank, world = self._context()
+        skip = 0
+        position = self._position
+        if position is not None and position.pending:  # the first epoch after a restore continues where it was
+            epoch, skip, position.pending = position.epoch, position.batches_done, False
+        self.dataset.set_context(epoch, rank, world, skip)  # type: ignore[attr-defined]
         return super().__iter__()
 
 
@@ -334,7 +442,8 @@ class WebDatasetDataModule(SplitDataModule):
         if train and dataset.train_batches_per_rank() == 0:
             raise UserError(f"{dataset.total} training samples cannot fill one batch of {self.batch_size} on each "
                             f"of {world} ranks; lower data.batch_size")
-        return _EpochLoader(dataset, self._context, batch_size=None, num_workers=self.num_workers,
+        return _EpochLoader(dataset, self._context, self.position if train else None, batch_size=None,
+                            num_workers=self.num_workers,
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def describe(self) -> dict[str, Any]:

@@ -39,6 +39,25 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_index(args: argparse.Namespace) -> int:
+    from datamodules.errors import UserError
+    from datamodules.hub_index import index_hub_shards
+
+    classes = None
+    if args.classes:
+        try:
+            classes = [line.strip() for line in open(args.classes) if line.strip()]
+        except OSError as exc:
+            raise UserError(f"cannot read --classes {args.classes}: {exc}") from None
+    index = index_hub_shards(args.train, args.val or [], args.out, classes=classes, workers=args.workers)
+    entry = index["sets"]["all"]
+    console.print(f"{len(index['classes'])} classes; train {entry['train']['samples']} samples in "
+                  f"{len(entry['train']['files'])} shard(s), val {entry['val']['samples']} in "
+                  f"{len(entry['val']['files'])}; {index['skipped_count']} incomplete sample(s)")
+    console.print(f"index: {os.path.join(args.out, 'index.json')} (use it as data.shards)")
+    return 0
+
+
 def cmd_bench_loader(args: argparse.Namespace) -> int:
     from datamodules.loader_bench import bench_loader
 
@@ -79,6 +98,20 @@ def add_parsers(sub: argparse._SubParsersAction, bench: argparse._SubParsersActi
     s.add_argument("dir", help="folder written by `mkf data write`")
     s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     s.set_defaults(func=cmd_data_verify)
+
+    s = data.add_parser(
+        "index", help="write an index.json for existing webdataset shards (e.g. the Hub's ImageNet layout)",
+        description="Reads each shard once (no image decode) and writes OUT/index.json listing the shards, their "
+                    "sample counts and the classes, so `loader: wds` with `data.shards: OUT` can train on them. "
+                    "A sample is an image (jpg/jpeg/png/webp) plus an integer cls, optionally json.",
+        epilog="Shards are local paths, URLs or 'pipe:' commands; braces expand: "
+               "--train 'imagenet/train-{0000..1023}.tar'")
+    s.add_argument("--train", nargs="+", required=True, help="training shards (patterns)")
+    s.add_argument("--val", nargs="+", help="validation shards (patterns)")
+    s.add_argument("--out", required=True, help="folder for index.json")
+    s.add_argument("--classes", help="file of class names, one a line, for labels 0, 1, ... (default: the labels)")
+    s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="shards read in parallel")
+    s.set_defaults(func=cmd_data_index)
 
     s = bench.add_parser("loader", help="images/s: ImageFolder+DataLoader vs webdataset vs FFCV vs decode limit",
                          description="Generates (once, cached) real-photo JPEGs from scikit-image/scikit-learn "

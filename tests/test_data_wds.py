@@ -54,6 +54,32 @@ def test_batches_and_deterministic_per_epoch_order(tmp_path: Path) -> None:
     assert dm.describe()["loader"] == "wds" and dm.describe()["samples_skipped"] == 0
 
 
+def test_mid_epoch_resume_continues_the_epoch(tmp_path: Path) -> None:
+    root = _shards(tmp_path, classes=4, train=8, val=1)
+    kwargs = dict(loader="wds", shards=str(root), split=None, half="B", image_size=16, batch_size=4,
+                  num_workers=2, shuffle_buffer=8)
+
+    def epoch_batches(position: tuple[int, int] | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        dm = build_datamodule("image_folder", **kwargs)
+        dm.setup()
+        if position is not None:
+            dm.position.set(*position)  # what pipeline.resume.TrainingState does on restore
+        loader = dm.train_dataloader()
+        loader._context = lambda: (0, 0, 1)  # type: ignore[attr-defined]  # the restored position names the epoch
+        return [(x, y) for x, y, _ in loader]
+
+    dm = build_datamodule("image_folder", **kwargs)
+    dm.setup()
+    loader = dm.train_dataloader()
+    loader._context = lambda: (1, 0, 1)  # type: ignore[attr-defined]
+    uninterrupted = [(x, y) for x, y, _ in loader]
+    resumed = epoch_batches((1, 3))
+    assert len(uninterrupted) == 8 and len(resumed) == 5
+    for (x, y), (rx, ry) in zip(uninterrupted[3:], resumed, strict=True):
+        assert torch.equal(y, ry) and torch.equal(x, rx)  # same samples, same crops
+    assert len(epoch_batches((1, 8))) == 0
+
+
 def test_split_specific_shards_pick_the_half(tmp_path: Path) -> None:
     root = _shards(tmp_path, split="random_halves:0", classes=4, train=4, val=1)
     dm = build_datamodule("image_folder", loader="wds", shards=str(root), split={"kind": "random_halves", "seed": 0},
