@@ -93,6 +93,10 @@ def release_requeued(job: str) -> None:
         return info is not None and info.restarts >= 1 and info.state == "PENDING"
 
     wait_for(requeued_and_pending, 120, f"job {job} to requeue itself")
+    # the old attempt must be gone (wandb's teardown can take seconds) before we override Slurm's requeue
+    # delay, which exists for exactly that: a relaunch onto a node still cleaning up the old step fails
+    wait_for(lambda: _rank_pid(job, 0) is None, 60, f"the preempted attempt of {job} to exit")
+    time.sleep(2)
 
     def started() -> bool:
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
