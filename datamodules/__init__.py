@@ -28,6 +28,8 @@ def _reject_unused(where: str, kwargs: dict[str, Any], keys: dict[str, Any]) -> 
 
 def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> SplitDataModule:
     """The datamodule for ``dataset`` (a name from :data:`DATASETS`) read by ``loader``, from a cell's ``data``."""
+    if kwargs.pop("subset", None) is not None:
+        raise UserError("data.subset is not implemented yet; remove it")
     if loader not in LOADERS:
         raise UserError(f"unknown data.loader {loader!r}; use one of {', '.join(LOADERS)}")
     if loader in ("wds", "ffcv"):

@@ -19,6 +19,19 @@ from datamodules.errors import UserError
 
 
 @dataclass
+class SubsetConfig:
+    """A seeded, class-stratified subset of the training images (Yosinski's reduced sources).
+
+    Exactly one of ``per_class`` / ``fraction`` is set; every class keeps that many (or that share) of its
+    images, drawn with ``seed``, so a reduced source never loses whole classes.
+    """
+
+    per_class: int | None = None  # keep this many training images of each class
+    fraction: float | None = None  # or this share of each class's training images, 0 < fraction <= 1
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
     dataset: str = "fashion_mnist"  # fashion_mnist | image_folder
     root: str | None = None  # dataset folder; fashion_mnist also looks in Debian's package and torchvision's cache
@@ -27,7 +40,7 @@ class DataConfig:
     image_size: int = 32
     batch_size: int = 128  # per device
     num_workers: int = 0
-    max_train_samples: int | None = None  # a seeded subset, for quick runs
+    max_train_samples: int | None = None  # a seeded, stratified subset of this many images, for quick runs
     max_val_samples: int | None = None
     loader: str = "default"  # default (the dataset's own reader) | folder | wds | ffcv (the last two read data.shards)
     shards: str | None = None  # folder with index.json written by `mkf data write` (loader wds/ffcv)
@@ -35,11 +48,25 @@ class DataConfig:
     scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range (image loaders)
     crop_ratio: float = 224 / 256  # validation: resize short side to size / crop_ratio, then centre crop
     shuffle_buffer: int = 1000  # wds: samples in each worker's shuffle buffer (on top of the shard permutation)
+    subset: SubsetConfig | None = None  # reduced training set: {per_class: N} or {fraction: f}, seeded, stratified
+
+
+@dataclass
+class InitConfig:
+    """How the depthwise kernels start (filter analysis): timm's default init, DoGs, or a fixed filter bank."""
+
+    kind: str = "default"  # default | dog (Neural Echos) | masterkey (Quest paper) | random_k (its control)
+    gamma: float = 1.6  # dog: surround sigma / centre sigma
+    share: float = 1.0  # dog: share of each layer's channels set to DoGs (on/off centre alternating)
+    filters: str = "published"  # masterkey: "published" (the 8 filters) or a file from `mkf filters masterkey`
+    k: int = 8  # random_k: how many random filters
+    freeze: bool = True  # masterkey / random_k: kernels frozen, a learnable per-channel bias added
 
 
 @dataclass
 class ModelConfig:
     arch: str = "convnext_demo"  # any timm model name, or one registered in pipeline.models
+    init: InitConfig = field(default_factory=InitConfig)  # depthwise kernel initialisation
     drop_path_rate: float = 0.0
     channels_last: bool = False  # faster convolutions on tensor-core GPUs
     compile: bool = False  # torch.compile the model
@@ -77,13 +104,25 @@ class TrainerConfig:
 
 
 @dataclass
+class MappingConfig:
+    """Cross-architecture transfer policy: which source unit, channels and kernel feed each target unit."""
+
+    units: str = "by_stage"  # by_index | by_stage | proportional (source unit for each target unit)
+    channels: str = "tile"  # tile | subsample (seeded) | error, when channel counts differ
+    kernel: str = "center"  # center (crop / zero pad) | resample | error, when kernel sizes differ
+    seed: int = 0
+
+
+@dataclass
 class TransferConfig:
-    base: str = ""  # run directory (or weights.safetensors) of model A
-    unit_kind: str = "depthwise"  # depthwise | pointwise | block
+    base: str = ""  # model A: run dir | weights .safetensors | timm:<model>[.<tag>] (timm's pretrained loading)
+    base_file: str | None = None  # timm: bases only: a local weights file for that tag (no network)
+    unit_kind: str = "depthwise"  # depthwise | pointwise | both (depthwise + its block's pointwise) | block
     depth: int = 0
     direction: str = "first"  # first = units 1..depth (AnB); last = units depth..L (reverse)
     mode: str = "frozen"  # frozen (AnB) | finetune (AnB+)
-    mapping: str | None = None  # cross-architecture unit mapping; None = same arch only
+    init: str = "copy"  # copy | random (units keep the cell's own fresh init: the random-frozen control) | shuffle
+    mapping: MappingConfig | None = None  # cross-architecture policy; None = same arch, unit i <- unit i
 
 
 @dataclass

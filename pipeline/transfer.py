@@ -33,11 +33,13 @@ class TransferSpec:
     """
 
     base: str  # run directory or weights.safetensors of model A
+    base_file: str | None = None
     unit_kind: str = "depthwise"
     depth: int = 0
     direction: str = "first"
     mode: str = "frozen"
-    mapping: str | None = None  # None: same architecture only
+    init: str = "copy"
+    mapping: Any = None  # None: same architecture only
 
     def __post_init__(self) -> None:
         if self.unit_kind not in UNIT_KINDS:
