@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from launch.slurm_executor import SlurmExecutor, cancel_sweep
-from launch.sweep import VARIANTS, SweepConfig, plan_sweep, unit_count, write_plan
+from launch.sweep import SweepConfig, plan_sweep, unit_count, write_plan
+from launch.variants import CLASSIC as VARIANTS
 
 
 def bench_sweep(seeds: int = 55, arch: str = "convnext_base", profile: str = "local-test",
@@ -48,9 +49,9 @@ def bench_sweep(seeds: int = 55, arch: str = "convnext_base", profile: str = "lo
     table = Table(title=f"sweep of {result['cells']:,} cells ({arch}, all depths, {len(VARIANTS)} variants, {seeds} seeds)")
     table.add_column("step")
     table.add_column("figure", justify="right")
-    table.add_row("plan (cold, incl. building the model)", f"{plan_s:.2f} s  (target < 2 s)")
+    table.add_row("plan (unit counts from pipeline/unit_counts.json)", f"{plan_s:.2f} s  (target < 2 s)")
     if submit:
-        table.add_row("write manifest + cell configs", f"{result['write_s']:.2f} s")
+        table.add_row("write the manifest (cell configs inside)", f"{result['write_s']:.2f} s")
         table.add_row("submit", f"{result['submit_s']:.2f} s")
         table.add_row("sbatch calls", f"{result['sbatch_calls']} (one per stage x profile; {result['cells']:,} cells)")
     console.print(table)

@@ -85,20 +85,45 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---- mkf sweep ----------------------------------------------------------------------------------------------
 def _plan_table(plan) -> Table:  # type: ignore[no-untyped-def]
     table = Table(title=f"sweep {plan.name}: {len(plan.cells)} cells -> {plan.output_dir}")
-    for col in ("id", "stage", "arch", "variant", "depth", "seed", "depends on"):
+    for col in ("id", "stage", "arch", "variant", "source->target", "depth", "seed", "depends on"):
         table.add_column(col, no_wrap=col in ("id", "depends on"), min_width=12 if "id" in col else None,
                          overflow="fold")
     for c in plan.cells:
-        table.add_row(c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed),
-                      ",".join(c.depends_on))
+        table.add_row(c.id, c.stage, c.arch + (f" <- {c.source_arch}" if c.source_arch not in (None, c.arch) else ""),
+                      c.variant + (f" ({c.unit_kind})" if c.unit_kind else ""),
+                      f"{c.source}->{c.target}" if c.stage == "transfer" else str(c.target or ""),
+                      "" if c.depth is None else str(c.depth), str(c.seed), ",".join(c.depends_on))
     return table
+
+
+PLAN_TABLE_MAX = 60  # larger plans print a per-stage summary instead of one row per cell
+
+
+def _plan_summary(plan) -> Table:  # type: ignore[no-untyped-def]
+    counts: Counter[tuple[str, str, str, str]] = Counter(
+        (c.stage, c.arch, c.variant if c.stage == "transfer" else "base", c.unit_kind) for c in plan.cells)
+    table = Table(title=f"sweep {plan.name}: {len(plan.cells):,} cells -> {plan.output_dir}")
+    for col in ("stage", "arch", "variant", "unit kind", "cells"):
+        table.add_column(col, justify="right" if col == "cells" else "left")
+    for (stage, arch, variant, kind), n in sorted(counts.items()):
+        table.add_row(stage, arch, variant, kind, f"{n:,}")
+    return table
+
+
+def _print_plan(plan, costs: bool = True) -> None:  # type: ignore[no-untyped-def]
+    console.print(_plan_table(plan) if len(plan.cells) <= PLAN_TABLE_MAX else _plan_summary(plan))
+    if costs:
+        from launch.cost import estimate
+
+        for line in estimate(plan).lines():
+            console.print(line, markup=False, highlight=False)
 
 
 def cmd_sweep_plan(args: argparse.Namespace) -> int:
     from launch.sweep import load_sweep, plan_sweep, write_plan
 
     plan = plan_sweep(load_sweep(args.sweep))
-    console.print(_plan_table(plan))
+    _print_plan(plan)
     console.print(f"manifest: {write_plan(plan)}")
     return 0
 
@@ -108,7 +133,7 @@ def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int =
     """Plan, write the manifest, run (or submit) every cell that is not finished; finished cells are skipped."""
     from launch.cell_state import cell_state, clear_failure
     from launch.executors import EXECUTORS
-    from launch.sweep import load_sweep, plan_sweep, write_plan
+    from launch.sweep import load_sweep, materialize_configs, plan_sweep, write_plan
 
     if executor_name not in EXECUTORS:
         raise UserError(f"unknown executor {executor_name!r}; available: {', '.join(EXECUTORS)}")
@@ -119,7 +144,9 @@ def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int =
                                       sweep_slurm=sweep.slurm)  # type: ignore[call-arg]
     else:
         executor = EXECUTORS[executor_name](slots=slots, progress=progress)  # type: ignore[call-arg]
-    if not dry_run:
+    if dry_run:
+        _print_plan(plan)
+    else:
         write_plan(plan)
     states = {c.id: cell_state(plan, c) for c in plan.cells}
     todo = [c for c in plan.cells if states[c.id] != "finished"]
@@ -129,6 +156,7 @@ def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int =
     if not dry_run:
         for cell in todo:
             clear_failure(plan, cell)
+        materialize_configs(plan, todo)  # only the cells about to run get their config YAML
     outcome = executor.run(plan, todo)
     failed = [cid for cid, state in outcome.states.items() if state not in ("finished", "submitted")]
     if failed:
@@ -196,30 +224,40 @@ def cmd_sweep_sync(args: argparse.Namespace) -> int:
 
 
 # ---- mkf report ---------------------------------------------------------------------------------------------
-def report(sweep_dir: str | Path) -> list[Path]:
+def report(sweep_dir: str | Path, partial: bool = False) -> list[Path]:
     from pipeline.results import write_report
 
-    rows, files = write_report(sweep_dir)
+    rows, files = write_report(sweep_dir, partial=partial)
     table = Table(title=f"relative top-1 ({sweep_dir})")
-    for col in ("arch", "variant", "depth", "seed", "top-1", "base B", "relative"):
-        table.add_column(col, justify="right" if col not in ("arch", "variant") else "left")
-    for r in rows:
-        table.add_row(r["arch"], r["variant"] or "", "" if r["depth"] is None else str(r["depth"]), str(r["seed"]),
-                      f"{r['top1']:.4f}", f"{r['base_b_top1']:.4f}" if r["base_b_top1"] else "",
+    for col in ("arch", "variant", "source->target", "depth", "seed", "top-1", "reference", "relative"):
+        table.add_column(col, justify="right" if col not in ("arch", "variant", "source->target") else "left")
+    shown = [r for r in rows if r["stage"] == "transfer"] if len(rows) > PLAN_TABLE_MAX else rows
+    for r in shown[:PLAN_TABLE_MAX * 4]:
+        table.add_row(r["arch"], r["variant"] or "", f"{r['source']}->{r['target']}" if r["stage"] == "transfer"
+                      else str(r["target"] or ""), "" if r["depth"] is None else str(r["depth"]), str(r["seed"]),
+                      f"{r['top1']:.4f}", f"{r['reference_top1']:.4f}" if r["reference_top1"] else "",
                       f"{r['relative_top1']:.3f}" if r["relative_top1"] is not None else "")
     console.print(table)
     for f in files:
         console.print(f"wrote {f}")
+    figure = next((f for f in files if f.suffix == ".png"), None)
+    if figure is None:
+        console.print("no figure yet: no transfer cell has finished with its reference base")
+        return files
+    import csv
+
     from launch.wandb_sync import log_report
 
-    logged = log_report(Path(sweep_dir), files[1], rows)
+    with (Path(sweep_dir) / "summary.csv").open(newline="") as f:
+        summary = list(csv.DictReader(f))
+    logged = log_report(Path(sweep_dir), figure, rows, key="figure", summary=summary)
     if logged:
         console.print(f"logged the figure to W&B ({logged})")
     return files
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    report(args.dir)
+    report(args.dir, partial=args.partial)
     return 0
 
 
@@ -233,7 +271,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return code
     out = Path(load_sweep(args.config).output_dir)
     files = report(out)
-    console.print(f"demo finished in {time.time() - start:.0f} s; figure: {files[1].resolve()}")
+    figure = next(f for f in files if f.suffix == ".png")
+    console.print(f"demo finished in {time.time() - start:.0f} s; figure: {figure.resolve()}")
     return 0
 
 
@@ -319,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="results.csv and Figure 3 (PNG + PDF) of a sweep directory")
     s.add_argument("dir", help="sweep output directory, e.g. results/demo")
+    s.add_argument("--partial", action="store_true", help="report the cells finished so far (a running sweep)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="the embedded default: a small real sweep on CPU ending in a figure",

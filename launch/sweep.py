@@ -1,63 +1,40 @@
-"""Sweeps: a YAML grid (archs x variants x depths x seeds) expanded into cells with deterministic ids.
+"""Sweeps: datasets by role, transfers as source -> target pairs, archs x variants x depths x seeds -> cells.
 
-A sweep has two stages. ``base`` cells train model A (half A of the split) and model B (half B) per arch and
-seed; ``transfer`` cells each depend on one base cell and train on half B. A cell's id is a hash of its resolved
-config (with its base referenced by id, not path), so re-planning the same sweep yields the same ids and a
-re-run finds the cells it already finished.
+A sweep has two stages. ``base`` cells train one model per (arch, dataset, seed) under the base training config;
+``transfer`` cells train on a pair's *target*, each built from a registered variant (:mod:`launch.variants`):
+units copied from the source's base (or an external source), from the target's own base, or from nothing (the
+random-frozen and init controls). The reference for a cell's relative top-1 is the base of the same arch and
+seed trained on the target, recorded in the cell's labels (``reference``) by id.
+
+Cells are **content-addressed**: a cell's id hashes its resolved config (bases referenced by id, not path) and
+its variant, so re-planning yields the same ids, a re-run finds the cells it already finished, and two entries
+that describe the same training run (one arch listed with two unit kinds plans its base cells once; BnB of a
+target shared by many sources) become one cell with one run directory.
+
+Planning is torch-free (unit counts come from :mod:`pipeline.unit_counts`), and ``plan`` writes one file, the
+manifest (every cell's resolved config inside). A cell's YAML is written only when the cell is about to run or be
+submitted (:func:`materialize_configs`): writing 10,000 small files costs seconds on a network disk.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from datamodules.errors import UserError
-from pipeline.config import CellConfig, DataConfig, WandbConfig, dump_yaml, from_dict, load_yaml, to_dict
-from pipeline.layer_plan import UNIT_KINDS, plan_units
-from pipeline.models import check_arch, create_model
+from launch.sweep_schema import STAGES, TRAIN_SECTIONS, ArchSpec, SweepConfig, load_sweep, parse_sweep
+from launch.variants import VARIANTS, Variant, get_variant
+from pipeline.config import CellConfig, dump_yaml, to_dict
+from pipeline.unit_counts import known_arch, unit_count
 
 MANIFEST = "manifest.json"
-STAGES = ("base", "transfer")
-# variant -> (half of the base model, mode, direction)
-VARIANTS: dict[str, tuple[str, str, str]] = {
-    "AnB": ("A", "frozen", "first"),
-    "BnB": ("B", "frozen", "first"),
-    "AnB+": ("A", "finetune", "first"),
-    "BnB+": ("B", "finetune", "first"),
-    "reverse": ("A", "frozen", "last"),
-}
-TRAIN_SECTIONS = ("model", "optim", "trainer")
-
-
-@dataclass
-class ArchEntry:
-    arch: str
-    unit_kind: str = "depthwise"  # depthwise | pointwise | block
-
-
-@dataclass
-class SweepConfig:
-    """A sweep YAML. ``train`` holds model/optim/trainer defaults; ``stages.base`` / ``stages.transfer`` override them."""
-
-    name: str = "sweep"
-    output_dir: str = "results/sweep"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    data: dict[str, Any] = field(default_factory=dict)  # a cell's data section, without `half`
-    archs: list[dict[str, Any]] = field(default_factory=list)
-    depths: str | list[int] = "all"  # all = 1..L for each arch, or an explicit list
-    variants: list[str] = field(default_factory=lambda: ["AnB", "BnB"])
-    train: dict[str, Any] = field(default_factory=dict)
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    slurm: dict[str, Any] = field(default_factory=dict)  # {profiles: {base: NAME, transfer: NAME}}
+__all__ = ["MANIFEST", "STAGES", "VARIANTS", "Cell", "SweepConfig", "SweepPlan", "cell_id", "load_manifest",
+           "load_sweep", "materialize_configs", "parse_sweep", "plan_sweep", "resolve_plan", "unit_count",
+           "write_plan"]
 
 
 @dataclass
@@ -67,18 +44,23 @@ class Cell:
     id: str
     stage: str
     arch: str
-    variant: str  # base-A / base-B for base cells
+    variant: str  # base-<dataset> for base cells
     depth: int | None
     seed: int
-    unit_kind: str
+    unit_kind: str  # "" for cells that transfer no units (base cells, depthless variants)
     depends_on: list[str]
     run_dir: str
     config_path: str
+    source: str | None = None  # dataset role or external source the units come from ("none": no transfer)
+    target: str | None = None  # dataset role the cell trains on (a base cell: its dataset)
+    source_arch: str | None = None  # arch of the model the units come from (cross-arch when != arch)
+    reference: str | None = None  # id of the base cell whose top-1 is this cell's 1.0
 
     @property
     def label(self) -> str:
         depth = "" if self.depth is None else f" n={self.depth}"
-        return f"{self.arch} {self.variant}{depth} seed={self.seed}"
+        pair = f" {self.source}->{self.target}" if self.stage == "transfer" and self.source else ""
+        return f"{self.arch} {self.variant}{depth}{pair} seed={self.seed}"
 
 
 @dataclass
@@ -87,162 +69,193 @@ class SweepPlan:
     output_dir: Path
     cells: list[Cell]
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kind: str = "depth_curve"
+    report: dict[str, Any] = field(default_factory=dict)
 
     def by_id(self) -> dict[str, Cell]:
         return {c.id: c for c in self.cells}
 
 
+def cell_id(config: dict[str, Any], variant: str | None = None) -> str:
+    """A short hash of a resolved cell config (canonical JSON; run_dir and labels excluded) and its variant."""
+    body = {k: v for k, v in config.items() if k not in ("run_dir", "labels")}
+    if variant is not None:
+        body["variant"] = variant
+    return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
+    out = dict(base)
     for key, value in override.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
-def cell_id(config: dict[str, Any]) -> str:
-    """A short hash of a resolved cell config (canonical JSON, run_dir excluded)."""
-    body = {k: v for k, v in config.items() if k != "run_dir"}
-    return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def _check_arch(arch: str) -> None:
+    if not known_arch(arch):  # only an arch outside the unit-count table costs a timm import
+        from pipeline.models import check_arch
+
+        check_arch(arch)
 
 
-@functools.cache
-def unit_count(arch: str, unit_kind: str) -> int:
-    """How many transfer units of a kind an architecture has (cached: planning builds each model once).
+class _Planner:
+    """Builds cells into a plan, deduplicating identical ones (same id = same training run)."""
 
-    The model is built on the meta device (shapes only, no memory, no init): planning a sweep over
-    convnext_base takes a second, not four.
-    """
-    try:
-        with torch.device("meta"):
-            model = create_model(arch, num_classes=2)
-    except (NotImplementedError, RuntimeError):  # an architecture that cannot be built without real tensors
-        model = create_model(arch, num_classes=2)
-    return len(plan_units(model, unit_kind))
+    def __init__(self, sweep: SweepConfig) -> None:
+        self.sweep = sweep
+        self.out = Path(sweep.output_dir)
+        self.plan = SweepPlan(sweep.name, self.out, [], kind=sweep.kind, report=sweep.report.model_dump())
+        self.datasets = sweep.dataset_sections()
+        self.wandb = to_dict(sweep.wandb_config())
+        self.templates: dict[tuple[str, str], str] = {}  # (stage, arch) -> JSON: thousands of cells share a few
+        self.bases: dict[tuple[str, str, int], str] = {}  # (arch, dataset, seed) -> base cell id
+        self.transfer_cells: list[Cell] = []
+
+    def template(self, stage: str, arch: str) -> dict[str, Any]:
+        key = (stage, arch)
+        if key not in self.templates:
+            stage_spec = getattr(self.sweep.stages, stage).model_dump()
+            train = _merge(self.sweep.train.model_dump(), stage_spec)
+            config = to_dict(CellConfig())
+            for section in TRAIN_SECTIONS:
+                config[section] = _merge(config[section], train.get(section) or {})
+            config["model"]["arch"] = arch
+            config["wandb"] = self.wandb
+            self.templates[key] = json.dumps(config)
+        return json.loads(self.templates[key])  # a JSON round trip copies faster than deepcopy
+
+    def add(self, cell: Cell, config: dict[str, Any], variant: str | None) -> str:
+        cid = cell_id(config, variant)
+        if cid in self.plan.configs:
+            return cid  # the same training run, already planned (labels of its first appearance kept)
+        cell.id = cid
+        cell.run_dir = str(self.out / "cells" / cid)
+        cell.config_path = str(self.out / "configs" / f"{cid}.yaml")
+        config["run_dir"] = cell.run_dir
+        if config.get("transfer") and config["transfer"]["base"] in self.plan.configs:
+            config["transfer"]["base"] = str(self.out / "cells" / config["transfer"]["base"])
+        config["labels"] = {"cell_id": cid, "sweep": self.sweep.name, "stage": cell.stage, "arch": cell.arch,
+                            "variant": cell.variant, "depth": cell.depth, "seed": cell.seed,
+                            "unit_kind": cell.unit_kind, "source": cell.source, "target": cell.target,
+                            "source_arch": cell.source_arch, "reference": cell.reference,
+                            "source_role": VARIANTS[cell.variant].source if cell.variant in VARIANTS else None}
+        w = config["wandb"] = dict(config["wandb"])
+        depth = "" if cell.depth is None else f" n={cell.depth}"
+        w.update(group=w["group"] or self.sweep.name, job_type=cell.stage,
+                 name=f"{cell.arch} {cell.variant}{depth} s{cell.seed}",
+                 tags=[*w["tags"], cell.arch, cell.variant, *([cell.unit_kind] if cell.unit_kind else []),
+                       f"depth={cell.depth}", f"seed={cell.seed}"])
+        self.plan.configs[cid] = config
+        (self.plan.cells if cell.stage == "base" else self.transfer_cells).append(cell)
+        return cid
+
+    def base(self, arch: str, dataset: str, seed: int) -> str:
+        key = (arch, dataset, seed)
+        if key not in self.bases:
+            config = self.template("base", arch)
+            config["data"] = _merge(config["data"], self.datasets[dataset])
+            config["seed"] = seed
+            cell = Cell("", "base", arch, f"base-{dataset}", None, seed, "", [], "", "", target=dataset)
+            self.bases[key] = self.add(cell, config, None)
+        return self.bases[key]
+
+    def transfer(self, entry: ArchSpec, variant: Variant, source: str, target: str, depth: int | None,
+                 seed: int) -> None:
+        sweep = self.sweep
+        config = self.template("transfer", entry.arch)
+        config["data"] = _merge(config["data"], self.datasets[target])
+        config["seed"] = seed
+        reference = self.base(entry.arch, target, seed)
+        source_arch = entry.source_arch or entry.arch
+        depends: list[str] = []
+        if variant.model_init is not None:
+            config["model"]["init"] = _merge(config["model"]["init"], variant.model_init)
+        if variant.depthless:
+            source_label, source_arch, unit_kind = "none", entry.arch, ""
+        else:
+            unit_kind = entry.unit_kind
+            transfer = {"base": "", "base_file": None, "unit_kind": unit_kind, "depth": depth,
+                        "direction": variant.direction, "mode": variant.mode, "init": variant.init,
+                        "mapping": None}
+            if variant.source == "none":
+                source_label, source_arch = "none", entry.arch
+            else:
+                source_label = source if variant.source == "source" else target
+                if source_label in sweep.sources:
+                    external = sweep.sources[source_label]
+                    transfer.update(base=external.weights, base_file=external.file)
+                else:
+                    transfer["base"] = self.base(source_arch, source_label, seed)  # the id; a path once hashed
+                    depends = [transfer["base"]]
+                if entry.mapping is not None or source_arch != entry.arch:
+                    transfer["mapping"] = _merge(to_dict(_mapping_default()), entry.mapping or {})
+            config["transfer"] = transfer
+        cell = Cell("", "transfer", entry.arch, variant.name, depth, seed, unit_kind, depends, "", "",
+                    source=source_label, target=target, source_arch=source_arch, reference=reference)
+        self.add(cell, config, variant.name)
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
-    raw = load_yaml(path)
-    sweep: SweepConfig = from_dict(SweepConfig, raw or {})
-    _validate(sweep)
-    return sweep
+def _mapping_default() -> Any:
+    from pipeline.config import MappingConfig
 
-
-def _validate(sweep: SweepConfig) -> None:
-    if any(ord(ch) < 32 for ch in sweep.output_dir):
-        raise UserError(f"output_dir {sweep.output_dir!r} contains a control character (newline, tab...); rename it")
-    if not sweep.archs:
-        raise UserError("the sweep lists no archs; add e.g. `archs: [{arch: convnext_demo, unit_kind: depthwise}]`")
-    for i, entry in enumerate(sweep.archs):
-        arch = from_dict(ArchEntry, entry, f"archs[{i}].")
-        check_arch(arch.arch)
-        if arch.unit_kind not in UNIT_KINDS:
-            raise UserError(f"archs[{i}].unit_kind {arch.unit_kind!r} is unknown; use one of {', '.join(UNIT_KINDS)}")
-    unknown = [v for v in sweep.variants if v not in VARIANTS]
-    if unknown:
-        raise UserError(f"unknown variant {unknown[0]!r}; use any of {', '.join(VARIANTS)}")
-    if isinstance(sweep.depths, str) and sweep.depths != "all":
-        raise UserError(f"depths: {sweep.depths!r} is not valid; use `all` or a list of integers")
-    extra = sorted(set(sweep.slurm) - {"profiles"})
-    if extra or not set(sweep.slurm.get("profiles") or {}) <= set(STAGES):
-        raise UserError(f"slurm section: use `slurm: {{profiles: {{base: NAME, transfer: NAME}}}}`, got {sweep.slurm}")
-    if "half" in sweep.data:
-        raise UserError("data.half is set per cell by the sweep; remove it from the sweep's data section")
-    from_dict(DataConfig, sweep.data, "data.")
-    bad_stage = sorted(set(sweep.stages) - set(STAGES))
-    if bad_stage:
-        raise UserError(f"unknown stage {bad_stage[0]!r} under stages; use {', '.join(STAGES)}")
-    for where, section in [("train", sweep.train), *((f"stages.{k}", v) for k, v in sweep.stages.items())]:
-        extra = sorted(set(section or {}) - set(TRAIN_SECTIONS))
-        if extra:
-            raise UserError(f"unknown key {where}.{extra[0]}; valid keys here: {', '.join(TRAIN_SECTIONS)}")
-        from_dict(CellConfig, {k: v for k, v in (section or {}).items()}, f"{where}.")
-        if "arch" in (section or {}).get("model", {}):
-            raise UserError(f"{where}.model.arch is set by the sweep's archs list; remove it")
-
-
-def _cell_config(sweep: SweepConfig, stage: str, arch: str, half: str, seed: int,
-                 _cache: dict[tuple[Any, ...], str] | None = None) -> dict[str, Any]:
-    """The resolved config of one cell (a fresh copy: callers fill in transfer, labels, paths)."""
-    key = (id(sweep), stage, arch, half, seed)
-    if _cache is not None and key in _cache:
-        return json.loads(_cache[key])  # a JSON round trip copies faster than deepcopy
-    train = _merge(sweep.train, sweep.stages.get(stage) or {})
-    config = to_dict(CellConfig())
-    for section in TRAIN_SECTIONS:
-        config[section] = _merge(config[section], train.get(section) or {})
-    config["model"]["arch"] = arch
-    config["data"] = _merge(config["data"], {**sweep.data, "half": half})
-    config["seed"] = seed
-    config["wandb"] = to_dict(sweep.wandb)
-    if _cache is not None:
-        _cache[key] = json.dumps(config)
-    return config
+    return MappingConfig()
 
 
 def plan_sweep(sweep: SweepConfig) -> SweepPlan:
-    """Expand the sweep into cells: base cells first, each transfer cell after the base it copies from."""
-    out = Path(sweep.output_dir)
-    plan = SweepPlan(sweep.name, out, [])
-    templates: dict[tuple[Any, ...], str] = {}  # thousands of transfer cells share a handful of templates
-
-    def add(config: dict[str, Any], cid: str, stage: str, arch: ArchEntry, variant: str, depth: int | None,
-            seed: int, depends_on: list[str]) -> str:
-        run_dir = out / "cells" / cid
-        config["run_dir"] = str(run_dir)
-        config["labels"] = {"cell_id": cid, "sweep": sweep.name, "stage": stage, "arch": arch.arch,
-                            "variant": variant, "depth": depth, "seed": seed, "unit_kind": arch.unit_kind}
-        w = config["wandb"]
-        w.update(group=w["group"] or sweep.name, job_type=stage,
-                 name=f"{arch.arch} {variant}" + ("" if depth is None else f" n={depth}") + f" s{seed}",
-                 tags=[*w["tags"], arch.arch, variant, arch.unit_kind, f"depth={depth}", f"seed={seed}"])
-        plan.configs[cid] = config
-        plan.cells.append(Cell(cid, stage, arch.arch, variant, depth, seed, arch.unit_kind, depends_on,
-                               str(run_dir), str(out / "configs" / f"{cid}.yaml")))
-        return cid
-
-    transfers: list[tuple[ArchEntry, int, str, int, dict[str, str]]] = []
-    for entry in sweep.archs:
-        arch = ArchEntry(**entry)
-        count = unit_count(arch.arch, arch.unit_kind)
+    """Expand the sweep into cells: base cells first, then every transfer cell (each after its base)."""
+    planner = _Planner(sweep)
+    variants = [get_variant(v) for v in sweep.variants]
+    pairs = sweep.transfer_pairs()
+    for i, entry in enumerate(sweep.archs):
+        _check_arch(entry.arch)
+        if entry.source_arch:
+            _check_arch(entry.source_arch)
+        count = unit_count(entry.arch, entry.unit_kind)
         if count == 0:
-            raise UserError(f"{arch.arch} has no {arch.unit_kind} units; pick another unit_kind for it")
+            raise UserError(f"archs[{i}]: {entry.arch} has no {entry.unit_kind} units; pick another unit_kind")
         depths = list(range(1, count + 1)) if sweep.depths == "all" else list(sweep.depths)
         for d in depths:
             if not 1 <= d <= count:
-                raise UserError(f"depth {d} is outside {arch.arch}'s {arch.unit_kind} units 1..{count}; fix depths")
+                raise UserError(f"depth {d} is outside {entry.arch}'s {entry.unit_kind} units 1..{count}; fix depths")
         for seed in sweep.seeds:
-            base: dict[str, str] = {}
-            for half in ("A", "B"):
-                config = _cell_config(sweep, "base", arch.arch, half, seed)
-                base[half] = add(config, cell_id(config), "base", arch, f"base-{half}", None, seed, [])
-            transfers += [(arch, seed, v, d, base) for v in sweep.variants for d in depths]
-    for arch, seed, variant, depth, base in transfers:
-        half, mode, direction = VARIANTS[variant]
-        config = _cell_config(sweep, "transfer", arch.arch, "B", seed, templates)
-        config["transfer"] = {"base": base[half], "unit_kind": arch.unit_kind, "depth": depth,
-                              "direction": direction, "mode": mode, "mapping": None}
-        cid = cell_id(config)  # hashed with the base's *id*; the path is filled in after
-        config["transfer"]["base"] = str(out / "cells" / base[half])
-        add(config, cid, "transfer", arch, variant, depth, seed, [base[half]])
-    return plan
+            for pair in pairs:
+                planner.base(entry.arch, pair.target, seed)
+                for variant in variants:
+                    for depth in [None] if variant.depthless else depths:
+                        planner.transfer(entry, variant, pair.source, pair.target, depth, seed)
+    planner.plan.cells.extend(planner.transfer_cells)
+    return planner.plan
+
+
+def manifest_dict(plan: SweepPlan) -> dict[str, Any]:
+    return {"name": plan.name, "kind": plan.kind, "report": plan.report,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cells": [asdict(c) for c in plan.cells],
+            "configs": plan.configs}
 
 
 def write_plan(plan: SweepPlan) -> Path:
-    """Write every cell's config YAML and the manifest (written last, atomically)."""
-    (plan.output_dir / "configs").mkdir(parents=True, exist_ok=True)
-    for cell in plan.cells:
-        dump_yaml(plan.configs[cell.id], cell.config_path)
-    manifest = {"name": plan.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "cells": [asdict(c) for c in plan.cells]}
+    """Write the manifest (one file, atomically): every cell with its resolved config. No cell YAMLs yet."""
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
     path = plan.output_dir / MANIFEST
     tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.write_text(json.dumps(manifest_dict(plan), separators=(",", ":")) + "\n")
     tmp.replace(path)
     return path
 
 
+def materialize_configs(plan: SweepPlan, cells: list[Cell]) -> int:
+    """Write the config YAML of each of ``cells`` (the ones about to run or be submitted); returns how many."""
+    (plan.output_dir / "configs").mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        dump_yaml(plan.configs[cell.id], cell.config_path)
+    return len(cells)
+
+
+_CELL_FIELDS = {f.name for f in fields(Cell)}
+
+
 def load_manifest(path: str | Path) -> SweepPlan:
-    """A sweep directory (or its manifest.json) -> the plan that was written there."""
+    """A sweep directory (or its manifest.json) -> the plan that was written there (configs included)."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST
@@ -250,10 +263,11 @@ def load_manifest(path: str | Path) -> SweepPlan:
         raise UserError(f"{path} does not exist; run `mkf sweep plan SWEEP.yaml` first")
     try:
         data = json.loads(path.read_text())
-        cells = [Cell(**c) for c in data["cells"]]
+        cells = [Cell(**{k: v for k, v in c.items() if k in _CELL_FIELDS}) for c in data["cells"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a valid manifest ({exc}); re-plan the sweep") from None
-    return SweepPlan(data["name"], path.parent, cells)
+    return SweepPlan(data["name"], path.parent, cells, data.get("configs") or {},
+                     kind=data.get("kind", "depth_curve"), report=data.get("report") or {})
 
 
 def resolve_plan(target: str | Path) -> SweepPlan:

@@ -35,10 +35,13 @@ def sync_sweep(plan: SweepPlan, dry_run: bool = False, console: Console | None =
     return subprocess.run([sys.executable, "-m", "wandb", "sync", *map(str, runs)]).returncode
 
 
-def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]]) -> str | None:
-    """Log Figure 3 and the results table to W&B when the sweep's cells log there; returns the run's directory.
+def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: str = "figure3",
+               summary: list[dict[str, Any]] | None = None) -> str | None:
+    """Log the report figure (under ``key``) and the results table to W&B when the sweep's cells log there; returns
+    the run's directory. ``summary`` (mean/CI over seeds) is logged as a second table.
 
-    The report run joins the sweep's group (job_type "report"), so the figure sits beside the cells' runs.
+    The report run joins the sweep's group (job_type "report"), so the figure sits beside the cells' runs; a
+    partial report logged again while the sweep runs adds a step to the same run id (the curve fills in).
     """
     configs = sorted(sweep_dir.glob("cells/*/config.yaml"))
     if not configs:
@@ -54,8 +57,12 @@ def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]]) -> str
                      id=f"report-{zlib.crc32(str(sweep_dir.resolve()).encode()):08x}", resume="allow",
                      mode=wandb_mode(w), dir=str(sweep_dir))  # type: ignore[arg-type]
     columns = sorted({k for r in rows for k in r})
-    run.log({"figure3": wandb.Image(str(figure)),
-             "results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])})
+    logged = {key: wandb.Image(str(figure)),
+              "results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
+    if summary:
+        names = list(summary[0])
+        logged["summary"] = wandb.Table(columns=names, data=[[s.get(c) for c in names] for s in summary])
+    run.log(logged)
     directory = run.settings.sync_dir
     run.finish()
     return str(directory)

@@ -1,13 +1,18 @@
-"""Results: collect every cell's result.json into a table, relative top-1, and the paper's Figure 3.
+"""Results: every cell's result.json -> ``results.csv`` (one row per cell) and ``summary.csv`` (mean, std, 95% CI).
 
-Relative top-1 = a transfer cell's top-1 / the top-1 of base B with the same arch and seed, so 1.0 means
-"transferring n units from A costs nothing".
+Relative top-1 = a cell's top-1 / the top-1 of its *reference*: the base cell of the same arch and seed trained on
+the cell's target dataset (its id is in the cell's labels, written by the sweep planner). 1.0 means "transferring
+these units cost nothing". The summary aggregates over seeds per (arch, source arch, unit kind, source -> target,
+variant, depth): n, mean, sample std and a Student-t 95% confidence interval of the mean.
+
+The figures per experiment kind live in :mod:`pipeline.report_kinds`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -15,16 +20,26 @@ from typing import Any
 
 from datamodules.errors import UserError
 
-COLUMNS = ("cell_id", "stage", "arch", "unit_kind", "variant", "depth", "seed", "top1", "top5", "base_b_top1",
-           "relative_top1", "trainable_params", "frozen_params", "steps", "wall_time_s")
-VARIANT_STYLE = {  # colours/markers follow Yosinski et al.'s figure: A-based dark, B-based light
-    "AnB": ("#c0392b", "o"), "AnB+": ("#e67e22", "^"), "BnB": ("#2c3e50", "s"), "BnB+": ("#5dade2", "v"),
-    "reverse": ("#27ae60", "D"),
-}
+COLUMNS = ("cell_id", "stage", "arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant",
+           "depth", "seed", "top1", "top5", "reference_id", "reference_top1", "relative_top1", "trainable_params",
+           "frozen_params", "steps", "wall_time_s")
+GROUP = ("arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant", "depth")
+SUMMARY_COLUMNS = (*GROUP, "n", "mean", "std", "ci95_low", "ci95_high")
+MANIFEST = "manifest.json"  # written by launch.sweep (read here as plain JSON: pipeline never imports launch)
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON; re-plan the sweep (`mkf sweep plan`)") from None
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per finished cell under ``sweep_dir/cells``, with relative top-1 filled in for transfer cells."""
+    """One row per finished cell under ``sweep_dir/cells``, with relative top-1 filled in where the reference ran."""
     root = Path(sweep_dir)
     cells = root / "cells"
     if not cells.is_dir():
@@ -40,87 +55,85 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         labels = result.get("labels") or {}
         rows.append({
             "cell_id": labels.get("cell_id", path.parent.name), "stage": labels.get("stage", "base"),
-            "arch": result["arch"], "unit_kind": labels.get("unit_kind"), "variant": labels.get("variant"),
-            "depth": labels.get("depth"), "seed": result.get("seed"), "top1": result.get("top1"),
-            "top5": result.get("top5"), "trainable_params": result.get("trainable_params"),
-            "frozen_params": result.get("frozen_params"), "steps": result.get("steps"),
-            "wall_time_s": result.get("wall_time_s"),
+            "arch": result["arch"], "source_arch": labels.get("source_arch"), "unit_kind": labels.get("unit_kind"),
+            "source": labels.get("source"), "target": labels.get("target"), "source_role": labels.get("source_role"),
+            "variant": labels.get("variant"), "depth": labels.get("depth"), "seed": result.get("seed"),
+            "top1": result.get("top1"), "top5": result.get("top5"), "reference_id": labels.get("reference"),
+            "trainable_params": result.get("trainable_params"), "frozen_params": result.get("frozen_params"),
+            "steps": result.get("steps"), "wall_time_s": result.get("wall_time_s"),
         })
-    base_b = {(r["arch"], r["seed"]): r["top1"] for r in rows if r["variant"] == "base-B"}
+    return add_relative(rows)
+
+
+def add_relative(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill reference_top1 / relative_top1 from the rows' own base cells; sort for reading."""
+    top1 = {r["cell_id"]: r["top1"] for r in rows}
     for r in rows:
-        ref = base_b.get((r["arch"], r["seed"]))
-        r["base_b_top1"] = ref
+        ref = top1.get(r.get("reference_id")) if r.get("reference_id") else None
+        r["reference_top1"] = ref
         r["relative_top1"] = (r["top1"] / ref) if ref and r["top1"] is not None else None
-    rows.sort(key=lambda r: (r["arch"], r["stage"] != "base", r["variant"] or "", r["depth"] or 0, r["seed"] or 0))
+    rows.sort(key=lambda r: (r["arch"], r["stage"] != "base", str(r.get("source")), str(r.get("target")),
+                             r["variant"] or "", r["depth"] or 0, r["seed"] or 0))
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
-    with Path(path).open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: r.get(k) for k in COLUMNS} for r in rows)
+def t_quantile(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (scipy)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
 
 
-def curves(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[tuple[int, float, float]]]]:
-    """arch -> variant -> [(depth, mean relative top-1 over seeds, std)] for the transfer cells."""
-    points: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, std and 95% CI of relative top-1 over seeds, per (arch, source arch, unit kind, pair, variant, depth)."""
+    groups: dict[tuple[Any, ...], list[float]] = defaultdict(list)
     for r in rows:
         if r["stage"] == "transfer" and r["relative_top1"] is not None:
-            points[(r["arch"], r["variant"], r["depth"])].append(r["relative_top1"])
-    out: dict[str, dict[str, list[tuple[int, float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for (arch, variant, depth), values in sorted(points.items()):
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        out[arch][variant].append((depth, statistics.fmean(values), std))
+            groups[tuple(r.get(k) for k in GROUP)].append(r["relative_top1"])
+    out = []
+    for key, values in groups.items():
+        n = len(values)
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if n > 1 else 0.0
+        half = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+        out.append({**dict(zip(GROUP, key, strict=True)), "n": n, "mean": mean, "std": std,
+                    "ci95_low": mean - half, "ci95_high": mean + half})
+    out.sort(key=lambda s: tuple(str(s[k]) if k != "depth" else (s[k] or 0) for k in GROUP))
     return out
 
 
-def plot_figure(rows: list[dict[str, Any]], out_stem: str | Path, title: str = "") -> list[Path]:
-    """Figure 3 of the paper: relative top-1 vs transfer depth, a line per variant, a panel per arch (PNG + PDF)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data = curves(rows)
-    if not data:
-        raise UserError("no finished transfer cells with a finished base-B cell yet; run the sweep first")
-    archs = sorted(data)
-    # a shared y-axis: flat depthwise curves and falling block curves read on one scale
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.4), squeeze=False, sharey=True)
-    for ax, arch in zip(axes[0], archs, strict=True):
-        kinds = {r["unit_kind"] for r in rows if r["arch"] == arch}
-        for variant, pts in sorted(data[arch].items()):
-            color, marker = VARIANT_STYLE.get(variant, ("gray", "x"))
-            xs, ys, es = zip(*pts, strict=True)
-            ax.errorbar(xs, ys, yerr=es if any(es) else None, label=variant, color=color, marker=marker,
-                        capsize=2, lw=1.5, ms=5)
-        ax.axhline(1.0, color="gray", ls="--", lw=0.8)
-        ax.set_title(f"{arch} ({', '.join(sorted(k for k in kinds if k))} units)")
-        ax.set_xlabel("transferred units n")
-        ax.set_ylabel("top-1 relative to base B")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out_stem = Path(out_stem)
-    paths = [out_stem.with_suffix(".png"), out_stem.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: tuple[str, ...] = COLUMNS) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: r.get(k) for k in columns} for r in rows)
+    return path
 
 
-def write_report(sweep_dir: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
-    """results.csv + figure.png/.pdf in ``sweep_dir``; returns the rows and the files written."""
+def write_report(sweep_dir: str | Path, partial: bool = False, kind: str | None = None
+                 ) -> tuple[list[dict[str, Any]], list[Path]]:
+    """results.csv, summary.csv and the figure of the sweep's kind in ``sweep_dir``; returns rows and files.
+
+    Without ``partial`` every planned cell must be finished (a report of half a sweep is a mistake to say out
+    loud); with it, whatever has finished is drawn, so a dashboard fills in while the sweep runs.
+    """
+    from pipeline.report_kinds import render
+
     root = Path(sweep_dir)
+    manifest = read_manifest(root)
     rows = collect(root)
-    if not rows:
+    planned = len(manifest.get("cells") or [])
+    if not partial and planned and len(rows) < planned:
+        raise UserError(f"{root}: {len(rows)} of {planned} cells have finished; run the sweep to the end, or "
+                        "pass --partial to report what has finished")
+    if not rows and not partial:
         raise UserError(f"{root} has no finished cells yet; run `mkf sweep run` first")
-    if not curves(rows):
-        raise UserError(f"{root} has no finished transfer cell with its base-B cell yet; run the sweep first")
-    write_csv(rows, root / "results.csv")
-    figures = plot_figure(rows, root / "figure", title=root.name)
-    return rows, [root / "results.csv", *figures]
+    summary = summarize(rows)
+    if not summary and not partial:
+        raise UserError(f"{root} has no finished transfer cell with its reference base yet; run the sweep first")
+    files = [write_csv(rows, root / "results.csv"), write_csv(summary, root / "summary.csv", SUMMARY_COLUMNS)]
+    if summary:
+        files += render(kind or manifest.get("kind") or "depth_curve", rows, summary, root,
+                        manifest.get("report") or {}, title=manifest.get("name") or root.name)
+    return rows, files

@@ -1,0 +1,236 @@
+"""The sweep YAML as pydantic models: every key, its choices and default, in one place; unknown keys are errors.
+
+A sweep names its **datasets** by role (each a full cell ``data`` section, merged over the shared ``data``
+defaults), optional external **sources** (weights no cell of the sweep trains, e.g. ``timm:convnext_tiny.fb_in1k``),
+and **transfers** as source -> target pairs. The old format (one ``data`` section with a class ``split``, no
+``datasets``) stays valid as shorthand for datasets ``A`` / ``B`` = the two halves and ``transfers: [A -> B]``.
+
+Validation errors become one :class:`UserError` line naming the key path and the fix. Cell-level sections
+(``data``, ``train``, ``stages``, ``wandb``, ``mapping``) are checked against the cell dataclasses of
+:mod:`pipeline.config`, the single definition of a cell.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datamodules.errors import UserError
+from pipeline.config import CellConfig, DataConfig, MappingConfig, WandbConfig, from_dict, load_yaml
+
+STAGES = ("base", "transfer")
+TRAIN_SECTIONS = ("model", "optim", "trainer")
+UnitKind = Literal["depthwise", "pointwise", "both", "block"]
+Kind = Literal["depth_curve", "retention", "matrix"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ArchSpec(_Strict):
+    """A target architecture; ``source_arch`` (+ ``mapping``) makes its transfers cross-architecture."""
+
+    arch: str
+    unit_kind: UnitKind = "depthwise"
+    source_arch: str | None = None  # copy from a model of this arch (default: the same arch)
+    mapping: dict[str, Any] | None = None  # transfer.mapping policy: {units, channels, kernel, seed}
+
+
+class SourceSpec(_Strict):
+    """An external source: weights no cell of this sweep trains (run dir, .safetensors file, timm:<model>[.<tag>])."""
+
+    weights: str
+    file: str | None = None  # timm: sources only: a local weights file for the tag (no network)
+
+
+class TransferPair(_Strict):
+    source: str  # a datasets role or a sources name
+    target: str  # a datasets role (the target is trained on)
+
+
+class TrainSpec(_Strict):
+    model: dict[str, Any] = Field(default_factory=dict)
+    optim: dict[str, Any] = Field(default_factory=dict)
+    trainer: dict[str, Any] = Field(default_factory=dict)
+
+
+class StagesSpec(_Strict):
+    base: TrainSpec = Field(default_factory=TrainSpec)
+    transfer: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class SlurmSpec(_Strict):
+    profiles: dict[Literal["base", "transfer"], str] = Field(default_factory=dict)
+
+
+class ReportSpec(_Strict):
+    """How ``mkf report`` draws the sweep (the figure itself follows ``kind``)."""
+
+    band: Literal["ci95", "std"] = "ci95"  # the band around the mean over seeds
+    retention_variant: str = "AnB"  # retention: the variant whose relative top-1 is retained
+    retention_at: Literal["deepest", "mean"] = "deepest"  # retention: at the deepest depth, or averaged over depths
+
+
+class SweepConfig(_Strict):
+    """A sweep YAML (see docs/readme_sweep.md for a commented example)."""
+
+    name: str = "sweep"
+    kind: Kind = "depth_curve"  # the report: depth curves (Fig. 3/4) | retention (Fig. 5) | matrix (source x target)
+    output_dir: str = "results/sweep"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    data: dict[str, Any] = Field(default_factory=dict)  # defaults merged under every dataset (old format: the split)
+    datasets: dict[str, dict[str, Any]] | None = None  # role -> a cell data section
+    sources: dict[str, SourceSpec] = Field(default_factory=dict)
+    transfers: list[TransferPair] | None = None
+    archs: list[ArchSpec] = Field(default_factory=list)
+    depths: Literal["all"] | list[int] = "all"
+    variants: list[str] = Field(default_factory=lambda: ["AnB", "BnB"])
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    stages: StagesSpec = Field(default_factory=StagesSpec)
+    wandb: dict[str, Any] = Field(default_factory=dict)
+    slurm: dict[str, Any] = Field(default_factory=dict)  # {profiles: {base: NAME, transfer: NAME}} (a SlurmSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    # -- derived views, after validation ----------------------------------------------------------------------
+    def dataset_sections(self) -> dict[str, dict[str, Any]]:
+        """Role -> the data section its cells use (shared ``data`` defaults merged under each dataset)."""
+        if self.datasets is None:  # old format: the split's two halves
+            return {half: {**self.data, "half": half} for half in ("A", "B")}
+        return {role: _merge(self.data, section) for role, section in self.datasets.items()}
+
+    def transfer_pairs(self) -> list[TransferPair]:
+        if self.transfers is not None:
+            return self.transfers
+        return [TransferPair(source="A", target="B")]
+
+    def wandb_config(self) -> WandbConfig:
+        return from_dict(WandbConfig, self.wandb, "wandb.")
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the model at ``loc`` inside :class:`SweepConfig` (for 'valid keys here: ...')."""
+    hint: Any = SweepConfig
+    for part in loc:
+        hint = _unwrap(hint, part)
+        if hint is None:
+            return []
+    hint = _unwrap(hint, None)
+    return list(hint.model_fields) if isinstance(hint, type) and issubclass(hint, BaseModel) else []
+
+
+def _unwrap(hint: Any, part: Any) -> Any:
+    """One step down a type: into a model's field (``part`` a key), a list (an index) or a dict (a key)."""
+    while typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), args[0])
+    if part is None:
+        return hint
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        field = hint.model_fields.get(str(part))
+        return field.annotation if field else None
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return typing.get_args(hint)[0]
+    if origin is dict:
+        return typing.get_args(hint)[1]
+    return None
+
+
+def _one_line(exc: ValidationError) -> UserError:
+    """pydantic's multi-line report -> the first problem, as one line with the key path and the fix."""
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    path = ".".join(str(p) for p in loc) or "sweep"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        return UserError(f"unknown key {path}; valid keys here: {', '.join(valid)}")
+    if kind == "missing":
+        return UserError(f"{path} is required; add it")
+    value = err.get("input")
+    return UserError(f"{path} = {value!r} is not valid: {err['msg'].lower()}; fix it")
+
+
+def parse_sweep(raw: Any) -> SweepConfig:
+    """A sweep mapping -> a validated :class:`SweepConfig` (structure, then the cross-references between keys)."""
+    if not isinstance(raw, dict):
+        raise UserError(f"a sweep must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        sweep = SweepConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _one_line(exc) from None
+    check_sweep(sweep)
+    return sweep
+
+
+def load_sweep(path: Any) -> SweepConfig:
+    return parse_sweep(load_yaml(path) or {})
+
+
+def check_sweep(sweep: SweepConfig) -> None:
+    """What a type cannot say: references between keys, cell sections, the old-format shorthand."""
+    from launch.variants import get_variant
+
+    if any(ord(ch) < 32 for ch in sweep.output_dir):
+        raise UserError(f"output_dir {sweep.output_dir!r} contains a control character (newline, tab...); rename it")
+    if not sweep.archs:
+        raise UserError("the sweep lists no archs; add e.g. `archs: [{arch: convnext_demo, unit_kind: depthwise}]`")
+    for name in sweep.variants:
+        get_variant(name)
+    if sweep.report.retention_variant not in sweep.variants and sweep.kind == "retention":
+        raise UserError(f"report.retention_variant {sweep.report.retention_variant!r} is not among the sweep's "
+                        f"variants; add it to variants or pick one of {', '.join(sweep.variants)}")
+    if sweep.datasets is None:
+        if sweep.transfers is not None:
+            raise UserError("transfers name datasets; declare them under `datasets:` (role: data section)")
+        if not sweep.data.get("split"):
+            raise UserError("the sweep has no datasets; declare `datasets:` with transfers, or give data.split "
+                            "(old format: halves A and B of one split)")
+        if "half" in sweep.data:
+            raise UserError("data.half is set per cell by the sweep; remove it from the sweep's data section")
+    elif sweep.transfers is None:
+        raise UserError("the sweep declares datasets but no transfers; add e.g. "
+                        "`transfers: [{source: A, target: B}]`")
+    sections = sweep.dataset_sections()
+    for role, section in sections.items():
+        from_dict(DataConfig, section, f"datasets.{role}." if sweep.datasets is not None else "data.")
+    clash = sorted(set(sections) & set(sweep.sources))
+    if clash:
+        raise UserError(f"{clash[0]!r} is both a dataset and a source; rename one of them")
+    for i, pair in enumerate(sweep.transfer_pairs()):
+        if pair.source not in sections and pair.source not in sweep.sources:
+            raise UserError(f"transfers[{i}].source {pair.source!r} is neither a dataset nor a source; use one of "
+                            f"{', '.join([*sections, *sweep.sources])}")
+        if pair.target not in sections:
+            raise UserError(f"transfers[{i}].target {pair.target!r} is not a dataset (targets are trained on); "
+                            f"use one of {', '.join(sections)}")
+    for i, arch in enumerate(sweep.archs):
+        if arch.mapping is not None:
+            from_dict(MappingConfig, arch.mapping, f"archs[{i}].mapping.")
+    for where, section in [("train", sweep.train), ("stages.base", sweep.stages.base),
+                           ("stages.transfer", sweep.stages.transfer)]:
+        body = section.model_dump()
+        from_dict(CellConfig, body, f"{where}.")
+        if "arch" in body["model"]:
+            raise UserError(f"{where}.model.arch is set by the sweep's archs list; remove it")
+    sweep.wandb_config()
+    try:
+        SlurmSpec.model_validate(sweep.slurm)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in ("slurm", *err["loc"]))
+        raise UserError(f"{where}: {err['msg'].lower()}; use `slurm: {{profiles: {{base: NAME, transfer: NAME}}}}`"
+                        ) from None
+    if isinstance(sweep.depths, list) and not sweep.depths:
+        raise UserError("depths is empty; use `all` or a list of integers")
