@@ -113,9 +113,15 @@ def estimate(plan: Any, costs_file: str | Path | None = None, gpu: str | None = 
     table = load_costs(costs_file)
     gpu = gpu or table.get("gpu", "a100")
     est = Estimate(gpu)
+    per_template: dict[str, tuple[float | None, str | None]] = {}  # cost depends only on the shared template
     for cell in plan.cells:
         est.cells[cell.stage] += 1
-        hours, missing = cell_gpu_hours(plan.configs[cell.id], table, gpu)
+        if cell.template is not None and cell.template in plan.templates:
+            if cell.template not in per_template:
+                per_template[cell.template] = cell_gpu_hours(plan.templates[cell.template], table, gpu)
+            hours, missing = per_template[cell.template]
+        else:
+            hours, missing = cell_gpu_hours(plan.configs[cell.id], table, gpu)
         if missing:
             est.unknown[missing] += 1
         else:

@@ -21,18 +21,19 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from datamodules.errors import UserError
 from launch.sweep_schema import STAGES, TRAIN_SECTIONS, ArchSpec, SweepConfig, load_sweep, parse_sweep
 from launch.variants import VARIANTS, Variant, get_variant
-from pipeline.config import CellConfig, dump_yaml, to_dict
+from pipeline.config import CellConfig, MappingConfig, dump_yaml, to_dict
 from pipeline.unit_counts import known_arch, unit_count
 
 MANIFEST = "manifest.json"
-__all__ = ["MANIFEST", "STAGES", "VARIANTS", "Cell", "SweepConfig", "SweepPlan", "cell_id", "load_manifest",
+__all__ = ["MANIFEST", "STAGES", "VARIANTS", "Cell", "SweepConfig", "SweepPlan", "load_manifest",
            "load_sweep", "materialize_configs", "parse_sweep", "plan_sweep", "resolve_plan", "unit_count",
            "write_plan"]
 
@@ -55,6 +56,8 @@ class Cell:
     target: str | None = None  # dataset role the cell trains on (a base cell: its dataset)
     source_arch: str | None = None  # arch of the model the units come from (cross-arch when != arch)
     reference: str | None = None  # id of the base cell whose top-1 is this cell's 1.0
+    template: str | None = None  # key of the shared (stage, arch, dataset) config this cell's config starts from
+    overrides: dict[str, Any] | None = None  # what the cell sets on top of it: transfer, model.init
 
     @property
     def label(self) -> str:
@@ -63,25 +66,77 @@ class Cell:
         return f"{self.arch} {self.variant}{depth}{pair} seed={self.seed}"
 
 
+class CellConfigs(Mapping[str, dict[str, Any]]):
+    """Cell id -> resolved cell config, built on first access from the cell's template and overrides.
+
+    Thousands of cells share a handful of templates (one per stage, arch and dataset), so a plan stores those
+    plus each cell's few overrides; a config is assembled only when something reads it.
+    """
+
+    def __init__(self, plan: SweepPlan, explicit: dict[str, dict[str, Any]] | None = None) -> None:
+        self.plan = plan
+        self.cache: dict[str, dict[str, Any]] = dict(explicit or {})
+        self._cells: dict[str, Cell] | None = None
+
+    def _by_id(self) -> dict[str, Cell]:
+        if self._cells is None or len(self._cells) != len(self.plan.cells):
+            self._cells = self.plan.by_id()
+        return self._cells
+
+    def __getitem__(self, cid: str) -> dict[str, Any]:
+        if cid not in self.cache:
+            cell = self._by_id()[cid]
+            if cell.template is None:
+                raise KeyError(cid)
+            self.cache[cid] = build_config(self.plan, cell)
+        return self.cache[cid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id())
+
+    def __len__(self) -> int:
+        return len(self.plan.cells)
+
+
 @dataclass
 class SweepPlan:
     name: str
     output_dir: Path
     cells: list[Cell]
-    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: Mapping[str, dict[str, Any]] = field(default_factory=dict)
     kind: str = "depth_curve"
     report: dict[str, Any] = field(default_factory=dict)
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wandb_group: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.configs, CellConfigs):
+            self.configs = CellConfigs(self, dict(self.configs))
 
     def by_id(self) -> dict[str, Cell]:
         return {c.id: c for c in self.cells}
 
 
-def cell_id(config: dict[str, Any], variant: str | None = None) -> str:
-    """A short hash of a resolved cell config (canonical JSON; run_dir and labels excluded) and its variant."""
-    body = {k: v for k, v in config.items() if k not in ("run_dir", "labels")}
-    if variant is not None:
-        body["variant"] = variant
-    return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def build_config(plan: SweepPlan, cell: Cell) -> dict[str, Any]:
+    """A cell's resolved config: its template, its overrides, its seed, run dir, labels and W&B names."""
+    config = json.loads(json.dumps(plan.templates[cell.template]))  # type: ignore[index]
+    config = _merge(config, cell.overrides or {})
+    config["seed"] = cell.seed
+    config["run_dir"] = cell.run_dir
+    transfer = config.get("transfer")
+    if transfer and transfer["base"] in cell.depends_on:
+        transfer["base"] = str(Path(cell.run_dir).parent / transfer["base"])
+    config["labels"] = {"cell_id": cell.id, "sweep": plan.name, "stage": cell.stage, "arch": cell.arch,
+                        "variant": cell.variant, "depth": cell.depth, "seed": cell.seed,
+                        "unit_kind": cell.unit_kind, "source": cell.source, "target": cell.target,
+                        "source_arch": cell.source_arch, "reference": cell.reference,
+                        "source_role": VARIANTS[cell.variant].source if cell.variant in VARIANTS else None}
+    w = config["wandb"]
+    depth = "" if cell.depth is None else f" n={cell.depth}"
+    w.update(group=w["group"] or plan.name, job_type=cell.stage, name=f"{cell.arch} {cell.variant}{depth} s{cell.seed}",
+             tags=[*w["tags"], cell.arch, cell.variant, *([cell.unit_kind] if cell.unit_kind else []),
+                   f"depth={cell.depth}", f"seed={cell.seed}"])
+    return config
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -99,77 +154,70 @@ def _check_arch(arch: str) -> None:
 
 
 class _Planner:
-    """Builds cells into a plan, deduplicating identical ones (same id = same training run)."""
+    """Builds cells into a plan, deduplicating identical ones (same id = same training run).
+
+    A cell's id hashes what makes its resolved config (and so its training run) different, computed cheaply: the hash of
+    its template (every shared key) plus its seed, overrides and variant.
+    """
 
     def __init__(self, sweep: SweepConfig) -> None:
         self.sweep = sweep
-        self.out = Path(sweep.output_dir)
-        self.plan = SweepPlan(sweep.name, self.out, [], kind=sweep.kind, report=sweep.report.model_dump())
+        self.out = str(Path(sweep.output_dir))
+        self.plan = SweepPlan(sweep.name, Path(sweep.output_dir), [], kind=sweep.kind,
+                              report=sweep.report.model_dump())
         self.datasets = sweep.dataset_sections()
         self.wandb = to_dict(sweep.wandb_config())
-        self.templates: dict[tuple[str, str], str] = {}  # (stage, arch) -> JSON: thousands of cells share a few
+        self.template_hash: dict[str, str] = {}
+        self.ids: set[str] = set()
         self.bases: dict[tuple[str, str, int], str] = {}  # (arch, dataset, seed) -> base cell id
         self.transfer_cells: list[Cell] = []
 
-    def template(self, stage: str, arch: str) -> dict[str, Any]:
-        key = (stage, arch)
-        if key not in self.templates:
+    def template(self, stage: str, arch: str, dataset: str) -> str:
+        key = f"{stage}|{arch}|{dataset}"
+        if key not in self.template_hash:
             stage_spec = getattr(self.sweep.stages, stage).model_dump()
             train = _merge(self.sweep.train.model_dump(), stage_spec)
             config = to_dict(CellConfig())
             for section in TRAIN_SECTIONS:
                 config[section] = _merge(config[section], train.get(section) or {})
             config["model"]["arch"] = arch
+            config["data"] = _merge(config["data"], self.datasets[dataset])
             config["wandb"] = self.wandb
-            self.templates[key] = json.dumps(config)
-        return json.loads(self.templates[key])  # a JSON round trip copies faster than deepcopy
+            del config["run_dir"], config["labels"], config["seed"]
+            self.plan.templates[key] = config
+            self.template_hash[key] = json.dumps(config, sort_keys=True, default=str)
+        return key
 
-    def add(self, cell: Cell, config: dict[str, Any], variant: str | None) -> str:
-        cid = cell_id(config, variant)
-        if cid in self.plan.configs:
+    def add(self, cell: Cell, variant: str | None) -> str:
+        body = json.dumps([self.template_hash[cell.template], cell.seed, cell.overrides, variant],  # type: ignore[index]
+                          sort_keys=True, default=str)
+        cid = hashlib.sha1(body.encode()).hexdigest()[:12]
+        if cid in self.ids:
             return cid  # the same training run, already planned (labels of its first appearance kept)
+        self.ids.add(cid)
         cell.id = cid
-        cell.run_dir = str(self.out / "cells" / cid)
-        cell.config_path = str(self.out / "configs" / f"{cid}.yaml")
-        config["run_dir"] = cell.run_dir
-        if config.get("transfer") and config["transfer"]["base"] in self.plan.configs:
-            config["transfer"]["base"] = str(self.out / "cells" / config["transfer"]["base"])
-        config["labels"] = {"cell_id": cid, "sweep": self.sweep.name, "stage": cell.stage, "arch": cell.arch,
-                            "variant": cell.variant, "depth": cell.depth, "seed": cell.seed,
-                            "unit_kind": cell.unit_kind, "source": cell.source, "target": cell.target,
-                            "source_arch": cell.source_arch, "reference": cell.reference,
-                            "source_role": VARIANTS[cell.variant].source if cell.variant in VARIANTS else None}
-        w = config["wandb"] = dict(config["wandb"])
-        depth = "" if cell.depth is None else f" n={cell.depth}"
-        w.update(group=w["group"] or self.sweep.name, job_type=cell.stage,
-                 name=f"{cell.arch} {cell.variant}{depth} s{cell.seed}",
-                 tags=[*w["tags"], cell.arch, cell.variant, *([cell.unit_kind] if cell.unit_kind else []),
-                       f"depth={cell.depth}", f"seed={cell.seed}"])
-        self.plan.configs[cid] = config
+        cell.run_dir = f"{self.out}/cells/{cid}"
+        cell.config_path = f"{self.out}/configs/{cid}.yaml"
         (self.plan.cells if cell.stage == "base" else self.transfer_cells).append(cell)
         return cid
 
     def base(self, arch: str, dataset: str, seed: int) -> str:
         key = (arch, dataset, seed)
         if key not in self.bases:
-            config = self.template("base", arch)
-            config["data"] = _merge(config["data"], self.datasets[dataset])
-            config["seed"] = seed
-            cell = Cell("", "base", arch, f"base-{dataset}", None, seed, "", [], "", "", target=dataset)
-            self.bases[key] = self.add(cell, config, None)
+            cell = Cell("", "base", arch, f"base-{dataset}", None, seed, "", [], "", "", target=dataset,
+                        template=self.template("base", arch, dataset), overrides={})
+            self.bases[key] = self.add(cell, None)
         return self.bases[key]
 
     def transfer(self, entry: ArchSpec, variant: Variant, source: str, target: str, depth: int | None,
                  seed: int) -> None:
         sweep = self.sweep
-        config = self.template("transfer", entry.arch)
-        config["data"] = _merge(config["data"], self.datasets[target])
-        config["seed"] = seed
+        overrides: dict[str, Any] = {}
         reference = self.base(entry.arch, target, seed)
         source_arch = entry.source_arch or entry.arch
         depends: list[str] = []
         if variant.model_init is not None:
-            config["model"]["init"] = _merge(config["model"]["init"], variant.model_init)
+            overrides["model"] = {"init": dict(variant.model_init)}
         if variant.depthless:
             source_label, source_arch, unit_kind = "none", entry.arch, ""
         else:
@@ -185,20 +233,15 @@ class _Planner:
                     external = sweep.sources[source_label]
                     transfer.update(base=external.weights, base_file=external.file)
                 else:
-                    transfer["base"] = self.base(source_arch, source_label, seed)  # the id; a path once hashed
+                    transfer["base"] = self.base(source_arch, source_label, seed)  # the id; a path in the config
                     depends = [transfer["base"]]
                 if entry.mapping is not None or source_arch != entry.arch:
-                    transfer["mapping"] = _merge(to_dict(_mapping_default()), entry.mapping or {})
-            config["transfer"] = transfer
+                    transfer["mapping"] = _merge(to_dict(MappingConfig()), entry.mapping or {})
+            overrides["transfer"] = transfer
         cell = Cell("", "transfer", entry.arch, variant.name, depth, seed, unit_kind, depends, "", "",
-                    source=source_label, target=target, source_arch=source_arch, reference=reference)
-        self.add(cell, config, variant.name)
-
-
-def _mapping_default() -> Any:
-    from pipeline.config import MappingConfig
-
-    return MappingConfig()
+                    source=source_label, target=target, source_arch=source_arch, reference=reference,
+                    template=self.template("transfer", entry.arch, target), overrides=overrides)
+        self.add(cell, variant.name)
 
 
 def plan_sweep(sweep: SweepConfig) -> SweepPlan:
@@ -228,9 +271,10 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
 
 
 def manifest_dict(plan: SweepPlan) -> dict[str, Any]:
+    """The plan as JSON: cells (each with its template key and overrides) and the shared templates."""
     return {"name": plan.name, "kind": plan.kind, "report": plan.report,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "cells": [asdict(c) for c in plan.cells],
-            "configs": plan.configs}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "templates": plan.templates,
+            "cells": [dict(c.__dict__) for c in plan.cells]}
 
 
 def write_plan(plan: SweepPlan) -> Path:
@@ -266,8 +310,8 @@ def load_manifest(path: str | Path) -> SweepPlan:
         cells = [Cell(**{k: v for k, v in c.items() if k in _CELL_FIELDS}) for c in data["cells"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a valid manifest ({exc}); re-plan the sweep") from None
-    return SweepPlan(data["name"], path.parent, cells, data.get("configs") or {},
-                     kind=data.get("kind", "depth_curve"), report=data.get("report") or {})
+    return SweepPlan(data["name"], path.parent, cells, kind=data.get("kind", "depth_curve"),
+                     report=data.get("report") or {}, templates=data.get("templates") or {})
 
 
 def resolve_plan(target: str | Path) -> SweepPlan:
