@@ -156,7 +156,7 @@ def _check_arch(arch: str) -> None:
 class _Planner:
     """Builds cells into a plan, deduplicating identical ones (same id = same training run).
 
-    A cell's id hashes what makes its resolved config (and so its training run) different, computed cheaply: the hash of
+    A cell's id hashes what makes its training run different, computed cheaply: the hash of
     its template (every shared key) plus its seed, overrides and variant.
     """
 
