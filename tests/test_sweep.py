@@ -5,14 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from launch.cli import main
-from launch.sweep import load_sweep, plan_sweep
+from launch.cost import estimate, load_costs
+from launch.sweep import load_manifest, load_sweep, materialize_configs, plan_sweep
+from launch.variants import VARIANTS
 from pipeline.train import read_result
+from pipeline.unit_counts import CATALOG_ARCHS, generate_table, load_table
 
 SWEEP = {
     "name": "mini",
@@ -52,21 +58,154 @@ def test_plan_is_deterministic_and_ordered(tmp_path: Path) -> None:
         assert (base.stage, base.arch, base.seed) == ("base", cell.arch, cell.seed)
         assert base.variant == ("base-B" if cell.variant.startswith("BnB") else "base-A")
         assert first.configs[cell.id]["transfer"]["base"] == base.run_dir
+        reference = by_id[cell.reference]  # type: ignore[index]
+        assert (reference.variant, reference.arch, reference.seed) == ("base-B", cell.arch, cell.seed)
     cfg = first.configs[next(c.id for c in first.cells if c.variant == "reverse" and c.depth == 2)]
     assert cfg["transfer"]["direction"] == "last" and cfg["transfer"]["mode"] == "frozen"
     cfg = first.configs[next(c.id for c in first.cells if c.variant == "AnB+")]
     assert cfg["transfer"]["mode"] == "finetune" and cfg["data"]["half"] == "B"
 
 
-def test_plan_cli_writes_manifest_and_configs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_one_arch_with_two_unit_kinds_plans_each_base_once(tmp_path: Path) -> None:
+    """The bug this fixes: two unit kinds of one arch planned the same base twice into one run directory."""
+    sweep = load_sweep(write_sweep(tmp_path, archs=[{"arch": "convnext_demo", "unit_kind": "depthwise"},
+                                                    {"arch": "convnext_demo", "unit_kind": "pointwise"},
+                                                    {"arch": "convnext_demo", "unit_kind": "both"}],
+                                   depths=[1, 2], variants=["AnB", "random-frozen", "dog"], seeds=[0, 1]))
+    plan = plan_sweep(sweep)
+    assert len({c.run_dir for c in plan.cells}) == len(plan.cells), "no two cells share a run directory"
+    assert len({c.config_path for c in plan.cells}) == len(plan.cells)
+    bases = [c for c in plan.cells if c.stage == "base"]
+    assert len(bases) == 2 * 2  # (A, B) x seeds, shared by the three unit kinds
+    # per seed: 3 kinds x 2 depths x (AnB + random-frozen) + 1 dog cell (no unit kind: shared by the three entries)
+    assert len(plan.cells) - len(bases) == 2 * (3 * 2 * 2 + 1)
+    kinds = {plan.configs[c.id]["transfer"]["unit_kind"] for c in plan.cells if c.variant == "AnB"}
+    assert kinds == {"depthwise", "pointwise", "both"}
+
+
+def test_variants_become_cell_configs(tmp_path: Path) -> None:
+    """Each registered variant's entry shows up in its cells: source, init, freeze, direction, model.init."""
+    plan = plan_sweep(load_sweep(write_sweep(tmp_path, depths=[2], variants=list(VARIANTS))))
+    by_id = plan.by_id()
+    for cell in plan.cells:
+        if cell.stage == "base":
+            continue
+        v = VARIANTS[cell.variant]
+        cfg = plan.configs[cell.id]
+        assert cfg["data"]["half"] == "B" and cfg["labels"]["reference"] == cell.reference
+        if v.depthless:
+            assert cfg["transfer"] is None and cfg["model"]["init"]["kind"] == v.model_init["kind"]  # type: ignore[index]
+            assert cell.depth is None and not cell.depends_on
+            continue
+        t = cfg["transfer"]
+        assert (t["init"], t["mode"], t["direction"], t["depth"]) == (v.init, v.mode, v.direction, 2)
+        if v.source == "none":
+            assert t["base"] == "" and not cell.depends_on, "random-frozen copies nothing and waits for nothing"
+        else:
+            (dep,) = cell.depends_on
+            assert by_id[dep].target == ("A" if v.source == "source" else "B") and t["base"] == by_id[dep].run_dir
+
+
+def test_datasets_by_role_external_sources_and_cross_arch(tmp_path: Path) -> None:
+    """Roles: a target is trained on, its base is the reference; an external timm source trains nothing; a
+    cross-arch entry copies from a base of its source arch with the mapping policy; BnB is shared by sources."""
+    data = {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}}
+    path = write_sweep(tmp_path, data={"image_size": 32}, datasets={
+        "A": {**data, "half": "A"}, "B": {**data, "half": "B"}, "C": {"dataset": "mnist_5k"}},
+        sources={"in1k": {"weights": "timm:convnext_tiny.fb_in1k", "file": "/w/convnext_tiny.safetensors"}},
+        transfers=[{"source": "A", "target": "C"}, {"source": "B", "target": "C"}, {"source": "in1k", "target": "C"}],
+        archs=[{"arch": "hornet_demo", "source_arch": "convnext_demo", "mapping": {"units": "proportional"}}],
+        depths=[1], variants=["AnB", "BnB"], seeds=[0])
+    plan = plan_sweep(load_sweep(path))
+    by_id = plan.by_id()
+    bases = {(c.arch, c.target) for c in plan.cells if c.stage == "base"}
+    assert bases == {("hornet_demo", "C"), ("convnext_demo", "A"), ("convnext_demo", "B"), ("convnext_demo", "C")}
+    anb = {c.source: c for c in plan.cells if c.variant == "AnB"}
+    assert set(anb) == {"A", "B", "in1k"}
+    ext = plan.configs[anb["in1k"].id]["transfer"]
+    assert ext["base"] == "timm:convnext_tiny.fb_in1k" and ext["base_file"] == "/w/convnext_tiny.safetensors"
+    assert not anb["in1k"].depends_on
+    t = plan.configs[anb["A"].id]["transfer"]
+    assert t["mapping"]["units"] == "proportional" and t["mapping"]["channels"] == "tile"
+    assert by_id[anb["A"].depends_on[0]].arch == "convnext_demo"
+    assert by_id[anb["A"].reference].arch == "hornet_demo"  # type: ignore[index]
+    assert plan.configs[anb["A"].id]["data"]["dataset"] == "mnist_5k"
+    assert [c.source for c in plan.cells if c.variant == "BnB"] == ["C"], "BnB depends on the target only: one cell"
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"datasets": {"A": {"dataset": "fashion_mnist", "hlaf": "A"}}, "transfers": [{"source": "A", "target": "A"}]},
+     "unknown key datasets.A.hlaf; valid keys here: dataset, root"),
+    ({"archs": [{"arch": "convnext_demo", "unit_knd": "depthwise"}]},
+     "unknown key archs.0.unit_knd; valid keys here: arch, unit_kind, source_arch, mapping"),
+    ({"archs": [{"arch": "convnext_demo", "unit_kind": "depthwize"}]}, "archs.0.unit_kind = 'depthwize'"),
+    ({"kind": "heatmap"}, "kind = 'heatmap' is not valid"),
+    ({"variants": ["AnB", "CnB"]}, "unknown variant 'CnB'"),
+    ({"stages": {"final": {}}}, "unknown key stages.final; valid keys here: base, transfer"),
+    ({"datasets": {"A": {"dataset": "fashion_mnist"}}, "transfers": [{"source": "X", "target": "A"}]},
+     "transfers[0].source 'X' is neither a dataset nor a source"),
+    ({"datasets": {"A": {"dataset": "fashion_mnist"}}}, "declares datasets but no transfers"),
+    ({"archs": [{"arch": "resnet_demo", "unit_kind": "depthwise"}]}, "resnet_demo has no depthwise units"),
+    ({"depths": [9]}, "depth 9 is outside convnext_demo's depthwise units 1..5"),
+    ({"slurm": {"profile": {"base": "x"}}}, "slurm.profile"),
+])
+def test_bad_sweeps_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], changes: dict[str, Any],
+                                        message: str) -> None:
+    assert main(["sweep", "plan", str(write_sweep(tmp_path, **changes))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists(), "nothing written"
+
+
+def test_plan_cli_writes_only_the_manifest_and_prints_costs(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", "plan", str(write_sweep(tmp_path))]) == 0
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert len(manifest["cells"]) == 6
+    out = tmp_path / "out"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["cells"]) == 6 and manifest["kind"] == "depth_curve"
     printed = capsys.readouterr().out
     for cell in manifest["cells"]:
-        assert Path(cell["config_path"]).is_file()
         assert cell["id"] in printed
-    assert not (tmp_path / "out" / "cells").exists(), "planning trains nothing"
+    assert "base: 2 cells" in printed and "transfer: 4 cells" in printed and "GPU-hours" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"], "plan writes one file and trains nothing"
+    plan = load_manifest(out)
+    fresh = plan_sweep(load_sweep(tmp_path / "sweep.yaml"))
+    assert [plan.configs[c.id] for c in plan.cells] == [fresh.configs[c.id] for c in fresh.cells]
+    assert materialize_configs(plan, plan.cells[:2]) == 2
+    assert yaml.safe_load(Path(plan.cells[0].config_path).read_text()) == plan.configs[plan.cells[0].id]
+    assert not Path(plan.cells[2].config_path).exists()
+
+
+def test_cost_names_what_the_table_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An arch or dataset the cost table does not know is a line in the estimate, not a crash; known ones add up."""
+    path = write_sweep(tmp_path, archs=[{"arch": "convnext_demo"}, {"arch": "convnext_atto"}],
+                       data={**SWEEP["data"], "dataset": "fashion_mnist"})  # type: ignore[dict-item]
+    plan = plan_sweep(load_sweep(path))
+    est = estimate(plan)
+    assert est.cells == {"base": 4, "transfer": 8}
+    assert est.unknown == {"arch convnext_atto (throughput.a100)": 6}
+    table = load_costs()
+    rate = table["throughput"]["a100"]["convnext_demo"]
+    # convnext_demo at 32 px: 512 images (max_train_samples) x 1 epoch, scaled by (32 / 224)^2, per stage
+    per_cell = 512 * (32 / 224) ** 2 / rate / 3600
+    assert est.gpu_hours["base"] == pytest.approx(2 * per_cell) and est.gpu_hours["transfer"] == pytest.approx(4 * per_cell)
+    assert any("convnext_atto" in line and "not in configs/costs.yaml; add it" in line for line in est.lines())
+
+
+def test_unit_count_table_is_torch_free_and_covers_the_catalog() -> None:
+    """Planning reads unit counts from the checked-in table; `python -m pipeline.unit_counts` regenerates it."""
+    code = ("import sys; from pipeline.unit_counts import unit_count; "
+            "print(unit_count('convnext_base', 'depthwise'), unit_count('resnet152', 'block'), "
+            "unit_count('hornet_tiny_7x7', 'both')); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["36", "51", "25", "False"]
+
+
+def test_unit_count_table_equals_the_layer_plans() -> None:
+    """Every entry of pipeline/unit_counts.json is what the real layer plan of that model counts (meta device)."""
+    table = load_table()
+    assert set(CATALOG_ARCHS) <= set(table)
+    assert generate_table(tuple(table)) == table
 
 
 @pytest.mark.usefixtures("fashion_root")
@@ -105,7 +244,11 @@ def test_run_skip_resume_status_report(tmp_path: Path, capsys: pytest.CaptureFix
     base_b = next(float(r["top1"]) for r in rows if r["variant"] == "base-B")
     for r in rows:
         if r["stage"] == "transfer":
+            assert (r["source"], r["target"]) == (("A" if r["variant"] == "AnB" else "B"), "B")
             assert float(r["relative_top1"]) == pytest.approx(float(r["top1"]) / base_b)
+    with (out / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 4 and all(s["n"] == "1" for s in summary)  # (AnB, BnB) x depths (1, 5), one seed
     for name in ("figure.png", "figure.pdf"):
         assert (out / name).stat().st_size > 1000
     assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,7 +282,7 @@ def test_wandb_groups_cells_logs_the_figure_and_syncs_offline_runs(tmp_path: Pat
         assert cell.arch in config["tags"] and f"depth={cell.depth}" in config["tags"]
     assert main(["report", str(out)]) == 0
     assert "logged the figure to W&B" in capsys.readouterr().out
-    images = list(out.glob("wandb/offline-run-*/files/media/images/figure3_*.png"))
+    images = list(out.glob("wandb/offline-run-*/files/media/images/figure_*.png"))
     assert len(images) == 1 and images[0].stat().st_size > 1000
 
     calls: list[list[str]] = []
