@@ -1,0 +1,114 @@
+"""`mkf report`: summary statistics over seeds, the refusal to report half a sweep, and `--partial` while a sweep
+runs, logged to a real offline W&B run (the dashboard's curve fills in).
+
+The cells' results are written as a finished cell writes them (result.json with its labels, config.yaml), with
+made-up accuracies: this tests the report, not training (tests/test_sweep.py trains a real sweep end to end).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+from scipy import stats
+
+from launch.cli import main
+from launch.sweep import load_sweep, plan_sweep, write_plan
+from pipeline.config import dump_yaml
+
+SWEEP = {
+    "name": "report-test", "kind": "depth_curve", "seeds": [0, 1, 2],
+    "data": {"image_size": 32},
+    "datasets": {"A": {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}, "half": "A"},
+                 "B": {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}, "half": "B"}},
+    "transfers": [{"source": "A", "target": "B"}],
+    "archs": [{"arch": "convnext_demo", "unit_kind": "depthwise"}],
+    "depths": [1, 3, 5], "variants": ["AnB", "BnB", "random-frozen"],
+}
+
+
+def finish(plan, cells, rng: random.Random) -> None:  # type: ignore[no-untyped-def]
+    """Write what `mkf train` leaves in a finished cell's run dir: config.yaml and result.json."""
+    for cell in cells:
+        run_dir = Path(cell.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = plan.configs[cell.id]
+        dump_yaml(config, run_dir / "config.yaml")
+        (run_dir / "result.json").write_text(json.dumps({
+            "status": "finished", "arch": cell.arch, "seed": cell.seed, "top1": rng.uniform(0.5, 0.9),
+            "top5": 1.0, "labels": config["labels"], "steps": 10, "wall_time_s": 1.0}))
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, "output_dir": str(tmp_path / "out"),
+                                    "wandb": {"enabled": True, "project": "mkf-test"}}))
+    plan = plan_sweep(load_sweep(path))
+    write_plan(plan)
+    return plan
+
+
+def test_summary_is_mean_std_and_t_interval_over_seeds(sweep_dir, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    plan = sweep_dir
+    finish(plan, plan.cells, random.Random(0))
+    assert main(["report", str(plan.output_dir)]) == 0
+    with (plan.output_dir / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    with (plan.output_dir / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert len(rows) == len(plan.cells) == 3 * (2 + 3 * 3)
+    assert len(summary) == 3 * 3  # (AnB, BnB, random-frozen) x depths
+    for s in summary:
+        values = [float(r["relative_top1"]) for r in rows if (r["variant"], r["depth"]) == (s["variant"], s["depth"])]
+        assert int(s["n"]) == len(values) == 3
+        assert float(s["mean"]) == pytest.approx(statistics.fmean(values))
+        assert float(s["std"]) == pytest.approx(statistics.stdev(values))
+        low, high = stats.t.interval(0.95, 2, loc=statistics.fmean(values), scale=stats.sem(values))
+        assert (float(s["ci95_low"]), float(s["ci95_high"])) == (pytest.approx(low), pytest.approx(high))
+        expected_source = {"AnB": "A", "BnB": "B", "random-frozen": "none"}[s["variant"]]
+        assert (s["source"], s["target"]) == (expected_source, "B")
+    for r in rows:
+        if r["stage"] == "transfer":
+            ref = next(x for x in rows if x["cell_id"] == r["reference_id"])
+            assert (ref["variant"], ref["seed"]) == ("base-B", r["seed"])
+            assert math.isclose(float(r["relative_top1"]), float(r["top1"]) / float(ref["top1"]))
+
+
+def test_partial_report_fills_in_the_logged_curve(sweep_dir, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    plan = sweep_dir
+    out = plan.output_dir
+    rng = random.Random(1)
+    bases = [c for c in plan.cells if c.stage == "base"]
+    first = [c for c in plan.cells if c.stage == "transfer" and c.depth == 1]
+    finish(plan, bases + first, rng)
+
+    assert main(["report", str(out)]) == 2, "a report of an unfinished sweep is refused without --partial"
+    assert f"{len(bases) + len(first)} of {len(plan.cells)} cells have finished" in capsys.readouterr().err
+
+    assert main(["report", str(out), "--partial"]) == 0
+    assert "logged the figure to W&B" in capsys.readouterr().out
+    assert (out / "figure.png").stat().st_size > 1000
+    finish(plan, [c for c in plan.cells if c.stage == "transfer" and c.depth == 3], rng)
+    assert main(["report", str(out), "--partial"]) == 0
+
+    runs = sorted(out.glob("wandb/offline-run-*"), key=lambda p: p.stat().st_mtime)
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1, "one W&B run id, logged twice"
+    logged = []
+    for run in runs:
+        (table,) = run.glob("files/media/table/summary_*.table.json")
+        logged.append(json.loads(table.read_text()))
+        assert len(list(run.glob("files/media/images/figure_*.png"))) == 1
+    depth = [logged[0]["columns"].index("depth")]
+    assert sorted({row[depth[0]] for row in logged[0]["data"]}) == ["1"]
+    assert sorted({row[depth[0]] for row in logged[1]["data"]}) == ["1", "3"]
+    (results,) = runs[1].glob("files/media/table/results_*.table.json")
+    assert len(json.loads(results.read_text())["data"]) == len(bases) + 2 * len(first)
