@@ -238,7 +238,8 @@ def plot_matrix(summary: list[dict[str, Any]], root: Path, title: str = "") -> l
     plt = _plt()
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 4.0 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1, 4.4 * nrows), squeeze=False,
+                             layout="constrained")
     means = [s["mean"] for cells in panels.values() for s in cells.values()]
     vmin, vmax = min(means), max(max(means), 1.0)
     image = None
