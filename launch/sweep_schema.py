@@ -147,10 +147,20 @@ def _unwrap(hint: Any, part: Any) -> Any:
     return None
 
 
+def _tag_name(tag: str) -> str:
+    """A pydantic union branch tag as a reader says it: literal['all'] -> 'all', list[int] -> a list of int."""
+    if tag.startswith("literal["):
+        return tag[len("literal["):-1]
+    if tag.startswith("list["):
+        return f"a list of {tag[5:-1]}"
+    return tag
+
+
 def _one_line(exc: ValidationError) -> UserError:
     """pydantic's multi-line report -> the first problem, as one line with the key path and the fix."""
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    errors = exc.errors()
+    err = errors[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))  # drop union branch tags
     path = ".".join(str(p) for p in loc) or "sweep"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -159,6 +169,9 @@ def _one_line(exc: ValidationError) -> UserError:
     if kind == "missing":
         return UserError(f"{path} is required; add it")
     value = err.get("input")
+    if loc != tuple(err["loc"]):  # a union: name every accepted form
+        tags = [str(p) for e in errors for p in e["loc"] if isinstance(p, str) and "[" in p]
+        return UserError(f"{path} = {value!r} is not valid; use {' or '.join(dict.fromkeys(map(_tag_name, tags)))}")
     return UserError(f"{path} = {value!r} is not valid: {err['msg'].lower()}; fix it")
 
 

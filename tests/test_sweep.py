@@ -140,6 +140,7 @@ def test_datasets_by_role_external_sources_and_cross_arch(tmp_path: Path) -> Non
      "unknown key archs.0.unit_knd; valid keys here: arch, unit_kind, source_arch, mapping"),
     ({"archs": [{"arch": "convnext_demo", "unit_kind": "depthwize"}]}, "archs.0.unit_kind = 'depthwize'"),
     ({"kind": "heatmap"}, "kind = 'heatmap' is not valid"),
+    ({"depths": "some"}, "depths = 'some' is not valid; use 'all' or a list of int"),
     ({"variants": ["AnB", "CnB"]}, "unknown variant 'CnB'"),
     ({"stages": {"final": {}}}, "unknown key stages.final; valid keys here: base, transfer"),
     ({"datasets": {"A": {"dataset": "fashion_mnist"}}, "transfers": [{"source": "X", "target": "A"}]},
