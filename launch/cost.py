@@ -35,12 +35,20 @@ class Estimate:
     def lines(self) -> list[str]:
         out = []
         for stage, n in self.cells.items():
-            out.append(f"{stage:>8}: {n:,} cells, ~{self.gpu_hours.get(stage, 0.0):,.1f} GPU-hours ({self.gpu})")
-        out.append(f"   total: {sum(self.cells.values()):,} cells, ~{self.total_hours:,.1f} GPU-hours ({self.gpu})"
+            out.append(f"{stage:>8}: {n:,} cells, ~{_hours(self.gpu_hours.get(stage, 0.0))} ({self.gpu})")
+        out.append(f"   total: {sum(self.cells.values()):,} cells, ~{_hours(self.total_hours)} ({self.gpu})"
                    + (" (cells with unknown costs not counted)" if self.unknown else ""))
         out += [f"  cost unknown for {n:,} cells: {what} not in configs/costs.yaml; add it"
                 for what, n in sorted(self.unknown.items())]
         return out
+
+
+def _hours(hours: float) -> str:
+    if hours >= 100:
+        return f"{hours:,.0f} GPU-hours"
+    if hours >= 0.1:
+        return f"{hours:.2g} GPU-hours"
+    return f"{hours * 3600:.2g} GPU-seconds"
 
 
 def load_costs(path: str | Path | None = None) -> dict[str, Any]:

@@ -100,7 +100,8 @@ def plot_depth_curves(summary: list[dict[str, Any]], root: Path, band: str = "ci
             pts = sorted(pts, key=lambda s: s["depth"])
             xs = [s["depth"] for s in pts]
             lows, highs = zip(*(_band(s, band) for s in pts), strict=True)
-            ax.plot(xs, [s["mean"] for s in pts], color=color, marker=marker, lw=1.5, ms=5, label=label)
+            ax.plot(xs, [s["mean"] for s in pts], color=color, marker=marker, lw=1.5, ms=5, label=label,
+                    ls="--" if source_arch else "-", mfc="white" if source_arch else color)  # cross-arch: dashed
             ax.fill_between(xs, lows, highs, color=color, alpha=0.2, lw=0)
         ax.axhline(1.0, color="gray", ls="--", lw=0.8)
         pair = f"{source}→{target}" if source != target else target
