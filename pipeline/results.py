@@ -68,7 +68,10 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
 def add_relative(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fill reference_top1 / relative_top1 from the rows' own base cells; sort for reading."""
     top1 = {r["cell_id"]: r["top1"] for r in rows}
+    base_b = {(r["arch"], r["seed"]): r["cell_id"] for r in rows if r["variant"] == "base-B"}
     for r in rows:
+        if not r.get("reference_id") and r["stage"] == "transfer":  # results of sweeps planned before references
+            r["reference_id"] = base_b.get((r["arch"], r["seed"]))
         ref = top1.get(r.get("reference_id")) if r.get("reference_id") else None
         r["reference_top1"] = ref
         r["relative_top1"] = (r["top1"] / ref) if ref and r["top1"] is not None else None
