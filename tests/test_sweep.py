@@ -202,6 +202,41 @@ def test_unit_count_table_is_torch_free_and_covers_the_catalog() -> None:
     assert out == ["36", "51", "25", "False"]
 
 
+TORCH_FREE_PLAN = """
+import importlib.abc, importlib.util, sys, types
+from pathlib import Path
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "timm", "lightning", "torchvision", "torchmetrics"):
+            raise ImportError(f"planning imported {name}")
+        return None
+
+# datamodules/__init__.py belongs to the data side; load only its errors module, as the CLI's lazy package does
+package = types.ModuleType("datamodules")
+package.__path__ = [str(Path("datamodules").resolve())]
+sys.modules["datamodules"] = package
+spec = importlib.util.spec_from_file_location("datamodules.errors", "datamodules/errors.py")
+errors = importlib.util.module_from_spec(spec)
+sys.modules["datamodules.errors"] = errors
+spec.loader.exec_module(errors)
+sys.meta_path.insert(0, Block())
+from launch.cost import estimate
+from launch.sweep import load_sweep, plan_sweep
+plan = plan_sweep(load_sweep(sys.argv[1]))
+print(len(plan.cells), estimate(plan).lines()[-1])
+"""
+
+
+@pytest.mark.parametrize("config", ["configs/demo.yaml", "configs/paper/cross_domain.yaml"])
+def test_planning_imports_no_torch(config: str) -> None:
+    """Planning and costing a sweep of catalog archs never imports torch, timm or lightning (login nodes)."""
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", TORCH_FREE_PLAN, config], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split()[0] == str(len(plan_sweep(load_sweep(repo / config)).cells))
+
+
 def test_unit_count_table_equals_the_layer_plans() -> None:
     """Every entry of pipeline/unit_counts.json is what the real layer plan of that model counts (meta device)."""
     table = load_table()
