@@ -47,7 +47,9 @@ def _hours(hours: float) -> str:
     if hours >= 100:
         return f"{hours:,.0f} GPU-hours"
     if hours >= 0.1:
-        return f"{hours:.2g} GPU-hours"
+        return f"{hours:.1f} GPU-hours"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.1f} GPU-minutes"
     return f"{hours * 3600:.2g} GPU-seconds"
 
 
