@@ -167,7 +167,7 @@ def test_plan_cli_writes_only_the_manifest_and_prints_costs(tmp_path: Path,
     printed = capsys.readouterr().out
     for cell in manifest["cells"]:
         assert cell["id"] in printed
-    assert "base: 2 cells" in printed and "transfer: 4 cells" in printed and "GPU-hours" in printed
+    assert "base: 2 cells" in printed and "transfer: 4 cells" in printed and "GPU-seconds (a100)" in printed
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"], "plan writes one file and trains nothing"
     plan = load_manifest(out)
     fresh = plan_sweep(load_sweep(tmp_path / "sweep.yaml"))
