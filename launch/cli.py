@@ -248,9 +248,12 @@ def report(sweep_dir: str | Path, partial: bool = False) -> list[Path]:
 
     from launch.wandb_sync import log_report
 
-    with (Path(sweep_dir) / "summary.csv").open(newline="") as f:
-        summary = list(csv.DictReader(f))
-    logged = log_report(Path(sweep_dir), figure, rows, key="figure", summary=summary)
+    tables = {}
+    for path in files:  # summary.csv and the kind's tables (matrix.csv, retention.csv)
+        if path.suffix == ".csv" and path.name != "results.csv":
+            with path.open(newline="") as f:
+                tables[path.stem] = list(csv.DictReader(f))
+    logged = log_report(Path(sweep_dir), figure, rows, key="figure", tables=tables)
     if logged:
         console.print(f"logged the figure to W&B ({logged})")
     return files

@@ -36,9 +36,10 @@ def sync_sweep(plan: SweepPlan, dry_run: bool = False, console: Console | None =
 
 
 def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: str = "figure3",
-               summary: list[dict[str, Any]] | None = None) -> str | None:
+               summary: list[dict[str, Any]] | None = None,
+               tables: dict[str, list[dict[str, Any]]] | None = None) -> str | None:
     """Log the report figure (under ``key``) and the results table to W&B when the sweep's cells log there; returns
-    the run's directory. ``summary`` (mean/CI over seeds) is logged as a second table.
+    the run's directory. ``summary`` (mean/CI over seeds) and ``tables`` (e.g. the matrix) are logged as tables.
 
     The report run joins the sweep's group (job_type "report"), so the figure sits beside the cells' runs; a
     partial report logged again while the sweep runs adds a step to the same run id (the curve fills in).
@@ -59,9 +60,10 @@ def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: s
     columns = sorted({k for r in rows for k in r})
     logged = {key: wandb.Image(str(figure)),
               "results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
-    if summary:
-        names = list(summary[0])
-        logged["summary"] = wandb.Table(columns=names, data=[[s.get(c) for c in names] for s in summary])
+    for name, table in {"summary": summary or [], **(tables or {})}.items():
+        if table:
+            names = list(table[0])
+            logged[name] = wandb.Table(columns=names, data=[[t.get(c) for c in names] for t in table])
     run.log(logged)
     directory = run.settings.sync_dir
     run.finish()

@@ -112,3 +112,33 @@ def test_partial_report_fills_in_the_logged_curve(sweep_dir, capsys: pytest.Capt
     assert sorted({row[depth[0]] for row in logged[1]["data"]}) == ["1", "3"]
     (results,) = runs[1].glob("files/media/table/results_*.table.json")
     assert len(json.loads(results.read_text())["data"]) == len(bases) + 2 * len(first)
+
+
+def test_matrix_report_writes_tables_and_logs_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """kind matrix: source x target as CSV, Markdown and heatmap; the matrix table is logged to W&B too."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    roles = {"A": {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}, "half": "A"},
+             "B": {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}, "half": "B"},
+             "C": {"dataset": "mnist_5k"}}
+    pairs = [{"source": s, "target": t} for s in roles for t in roles if s != t]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, "kind": "matrix", "datasets": roles, "transfers": pairs, "depths": [2],
+                                    "variants": ["AnB"], "seeds": [0, 1], "output_dir": str(tmp_path / "out"),
+                                    "wandb": {"enabled": True, "project": "mkf-test"}}))
+    plan = plan_sweep(load_sweep(path))
+    write_plan(plan)
+    finish(plan, plan.cells, random.Random(2))
+    assert main(["report", str(plan.output_dir)]) == 0
+    out = plan.output_dir
+    with (out / "matrix.csv").open() as f:
+        matrix = list(csv.DictReader(f))
+    assert {(m["row"], m["col"]) for m in matrix} == {(p["source"], p["target"]) for p in pairs}
+    assert all(m["n"] == "2" for m in matrix)
+    md = (out / "matrix.md").read_text()
+    assert "| source \\ target | A | B | C |" in md and md.count("(n=2)") == 6
+    assert (out / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (run,) = out.glob("wandb/offline-run-*")
+    (table,) = run.glob("files/media/table/matrix_*.table.json")
+    assert len(json.loads(table.read_text())["data"]) == 6
