@@ -109,9 +109,14 @@ def load_kernel_set(path: str | Path) -> KernelSet:
 
 
 def kernels_from(src: str, file: str | None = None) -> KernelSet:
-    """Kernels of any source: an extracted ``.npz`` directly, anything else through its model."""
+    """Kernels of any source: an extracted ``.npz`` or a filter bank ``.txt`` directly, the rest via its model."""
     if src.endswith(".npz"):
         return load_kernel_set(src)
+    if src.endswith(".txt") or src == "published":
+        from pipeline.filters.bank import read_filter_bank, resolve_bank_path
+
+        bank = read_filter_bank(src)  # a filter bank (the published 8, or `mkf filters masterkey` output)
+        return KernelSet("filter bank", resolve_bank_path(src).stem, ["bank"], [bank])
     from pipeline.filters.source import load_model_source
 
     loaded = load_model_source(src, file)
