@@ -45,13 +45,13 @@ def _profiles(sigma: float, length: int) -> tuple[np.ndarray, np.ndarray, np.nda
 def family_kernel(family: str, shape: tuple[int, int], sigma: float, ratio: float = 1.6) -> np.ndarray:
     """The unit-amplitude member ``family`` at scale ``sigma`` (dog: surround = ``ratio * sigma``), rows = y."""
     h, w = shape
-    gy, dy, dyy = _profiles(round(float(sigma), 6), h)
-    gx, dx, dxx = _profiles(round(float(sigma), 6), w)
+    gy, dy, dyy = _profiles(round(float(sigma), 12), h)
+    gx, dx, dxx = _profiles(round(float(sigma), 12), w)
     if family == "gauss":
         return np.outer(gy, gx)
     if family == "dog":
-        sy, _, _ = _profiles(round(float(sigma * ratio), 6), h)
-        sx, _, _ = _profiles(round(float(sigma * ratio), 6), w)
+        sy, _, _ = _profiles(round(float(sigma * ratio), 12), h)
+        sx, _, _ = _profiles(round(float(sigma * ratio), 12), w)
         return np.outer(gy, gx) - np.outer(sy, sx)
     if family == "dx":
         return np.outer(gy, dx)
