@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from pipeline.classifier import ImageClassifier
 from pipeline.config import InitConfig, ModelConfig, OptimConfig
 from pipeline.filters.bank import PUBLISHED, read_filter_bank, write_filter_bank
 from pipeline.filters.cluster import ClusterOptions, cluster_kernels
+from pipeline.filters.dashboard import filter_metrics
 from pipeline.filters.dog import best_fit_r2, family_kernel, fit_kernel
 from pipeline.filters.extract import KernelSet, extract_kernels, load_kernel_set
 from pipeline.filters.grid import draw_grid, expected_size
@@ -256,6 +259,19 @@ def test_finished_cell_logs_filter_grid_and_dog_shares_to_wandb(tmp_path: Path,
     (offline,) = list((run / "wandb").glob("offline-run-*"))
     images = list(offline.glob("files/media/images/filters/grid_*.png"))
     assert len(images) == 1 and Image.open(images[0]).size[0] > 300
-    summary = json.loads((offline / "files" / "wandb-summary.json").read_text())
-    shares = [summary[f"filters/dog_share/unit_{i}"] for i in range(1, 6)]
-    assert all(0 <= s <= 1 for s in shares) and "filters/dog_share" in summary
+    # the run's record file (wandb-summary.json is written by wandb's service only when it gets to it)
+    record_file = next(offline.glob("run-*.wandb"))
+    deadline = time.time() + 30  # wandb's service flushes the record file after finish() returns
+    while b"filters/dog_share" not in record_file.read_bytes() and time.time() < deadline:
+        time.sleep(0.5)
+    records = record_file.read_bytes()
+    model = create_model("convnext_demo", num_classes=5)
+    model.load_state_dict(load_weights(run)[0])
+    expected = filter_metrics(model, "convnext_demo")
+    assert len(expected) == 6  # 5 units and their mean
+    for key, value in expected.items():
+        # a HistoryItem / SummaryItem: the key, then value_json (protobuf field 16: 0x82 0x01, a length, the JSON)
+        logged = [records[m.end():m.end() + m.group(1)[0]] for m in
+                  re.finditer(re.escape(key.encode()) + rb"\x82\x01([\x01-\x7f])", records)]
+        assert logged, f"{key} not in the W&B run"
+        assert all(float(v) == pytest.approx(value) for v in logged)
