@@ -275,3 +275,40 @@ def test_finished_cell_logs_filter_grid_and_dog_shares_to_wandb(tmp_path: Path,
                   re.finditer(re.escape(key.encode()) + rb"\x82\x01([\x01-\x7f])", records)]
         assert logged, f"{key} not in the W&B run"
         assert all(float(v) == pytest.approx(value) for v in logged)
+
+
+def test_timm_name_with_a_local_pretrained_file(tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    model = create_model("convnext_demo", num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    assert main(["filters", "extract", "convnext_demo", "--file", str(tmp_path / "weights.pth"),
+                 "--out", str(tmp_path / "out")]) == 0
+    kset = load_kernel_set(tmp_path / "out" / "kernels.npz")
+    for kernels, conv in zip(kset.kernels, _convs(model), strict=True):
+        np.testing.assert_array_equal(kernels, conv.weight[:, 0].detach().numpy())
+
+
+def test_cluster_command_writes_tables_and_pictures(tmp_path: Path) -> None:
+    kernels, _ = planted_kernels(per_class=12)
+    KernelSet("planted", "planted", ["u1"], [kernels]).save(tmp_path, stem="planted")
+    out = tmp_path / "clusters"
+    args = ["filters", "cluster", str(tmp_path / "planted.npz"), "published", "--clusters", "4", "--epochs", "30",
+            "--sign", "canonical", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "clusters.json").read_text())
+    assert summary["kernels"] == 72 + 8 and summary["options"]["sign"] == "canonical"
+    assert sum(c["kernels"] for c in summary["clusters"]) == 80
+    rows = (out / "layer_shares.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("planted,1,72,")
+    for name in ("centroids.png", "layer_shares.png"):
+        assert Image.open(out / name).size[0] > 200
+    assert len((out / "assignments.csv").read_text().splitlines()) == 81
+
+
+@pytest.mark.usefixtures("fashion_root")
+def test_bad_init_fails_before_the_run_directory_is_written(tmp_path: Path) -> None:
+    run = tmp_path / "cell"
+    with pytest.raises(UserError, match="filter bank .* does not exist"):
+        train_cell(cell_config(run, model={"arch": "convnext_demo",
+                                           "init": {"kind": "masterkey", "filters": str(tmp_path / "no.txt")}}))
+    assert not run.exists()
