@@ -312,3 +312,20 @@ def test_bad_init_fails_before_the_run_directory_is_written(tmp_path: Path) -> N
         train_cell(cell_config(run, model={"arch": "convnext_demo",
                                            "init": {"kind": "masterkey", "filters": str(tmp_path / "no.txt")}}))
     assert not run.exists()
+
+
+def test_frozen_filters_give_bias_free_depthwise_convs_a_learnable_bias(tmp_path: Path) -> None:
+    model = create_model("mobilenetv2_050", num_classes=10)  # 3x3 depthwise convs without bias (BN follows)
+    applied = apply_init(model, "mobilenetv2_050", InitConfig(kind="random_k", k=3), seed=1)
+    assert applied is not None and len(applied.added_biases) == len(plan_units(model, "depthwise"))
+    params = dict(model.named_parameters())
+    assert all(params[name].requires_grad for name in applied.added_biases)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    from safetensors.torch import save_file
+
+    from pipeline.filters.extract import kernels_from
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"),
+              metadata={"arch": "mobilenetv2_050", "num_classes": "10"})
+    kset = kernels_from(str(tmp_path / "w.safetensors"))  # the saved biases load into a fresh skeleton
+    assert all(len(np.unique(k.round(6), axis=0)) == 3 for k in kset.kernels)
