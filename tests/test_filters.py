@@ -136,6 +136,7 @@ def test_clustering_is_deterministic_and_recovers_planted_kernels() -> None:
     assert first.summary()["classified"] > 0.9
     shares = first.layer_shares()
     assert [r["unit"] for r in shares] == [1, 2] and all(r["kernels"] == 150 for r in shares)
+    assert all(r["dog_fit"] > 0.9 for r in shares)  # planted kernels are DoG-family kernels
 
 
 # -- initialisations -------------------------------------------------------------------------------------------------

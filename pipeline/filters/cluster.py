@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from datamodules.errors import UserError
-from pipeline.filters.dog import FamilyFit, fit_kernel
+from pipeline.filters.dog import DOG_FIT_R2, FamilyFit, best_fit_r2, fit_kernel
 from pipeline.filters.extract import KernelSet
 
 
@@ -95,6 +95,7 @@ class ClusterResult:
     sources: np.ndarray  # (N,) source label
     units: np.ndarray  # (N,) unit index
     channels: np.ndarray
+    fit_r2: np.ndarray  # (N,) each kernel's best DoG-family grid fit R^2
     reconstruction_mse: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -103,13 +104,14 @@ class ClusterResult:
         return self.similarity >= self.options.threshold
 
     def layer_shares(self) -> list[dict[str, Any]]:
-        """Per (source, unit): the share of its kernels in each cluster and the share classified."""
+        """Per (source, unit): the share of its kernels in each cluster, the share classified, the DoG-fit share."""
         rows = []
         for source in dict.fromkeys(self.sources.tolist()):
             for unit in sorted(set(self.units[self.sources == source].tolist())):
                 mask = (self.sources == source) & (self.units == unit)
                 row: dict[str, Any] = {"source": source, "unit": unit, "kernels": int(mask.sum()),
-                                       "classified": round(float(self.classified[mask].mean()), 4)}
+                                       "classified": round(float(self.classified[mask].mean()), 4),
+                                       "dog_fit": round(float((self.fit_r2[mask] >= DOG_FIT_R2).mean()), 4)}
                 for c, name in enumerate(self.names):
                     row[f"c{c}_{name}"] = round(float((self.labels[mask] == c).mean()), 4)
                 rows.append(row)
@@ -160,7 +162,7 @@ def cluster_kernels(sets: list[KernelSet], options: ClusterOptions) -> ClusterRe
     fits = [fit_kernel(c.reshape(shape))[0] for c in centroids]
     names = _unique([f.name for f in fits])
     return ClusterResult(options, labels, similarity, centroids.reshape(-1, *shape), fits, names, sources,
-                         units, channels, mse)
+                         units, channels, best_fit_r2(kernels)[0], mse)
 
 
 def _unique(names: list[str]) -> list[str]:

@@ -13,11 +13,9 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.filters.dog import dog_fit_shares
+from pipeline.filters.dog import DOG_FIT_R2, dog_fit_shares
 from pipeline.filters.extract import extract_kernels
 from pipeline.filters.grid import draw_grid
-
-DOG_FIT_R2 = 0.5
 
 
 def filter_metrics(model: nn.Module, arch: str, threshold: float = DOG_FIT_R2) -> dict[str, float]:

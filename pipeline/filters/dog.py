@@ -23,6 +23,7 @@ from scipy.optimize import least_squares
 FAMILIES = ("gauss", "dog", "dx", "dy", "dxx", "dyy", "dxy")
 SIGMA_GRID = tuple(np.geomspace(0.35, 3.5, 14))
 RATIO_GRID = (1.3, 1.6, 2.0, 3.0)  # dog: surround sigma / centre sigma
+DOG_FIT_R2 = 0.5  # a kernel is "DoG-like" when its best family fit explains this share of its variance
 
 
 @lru_cache(maxsize=4096)
@@ -171,7 +172,7 @@ def best_fit_r2(kernels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(norms[:, 0] > 0, r2, 0.0), family
 
 
-def dog_fit_shares(kernel_set: object, threshold: float = 0.5) -> list[float]:
+def dog_fit_shares(kernel_set: object, threshold: float = DOG_FIT_R2) -> list[float]:
     """Per depthwise unit: the share of kernels whose best DoG-family fit explains >= ``threshold`` of variance."""
     return [float((best_fit_r2(k.astype(np.float64))[0] >= threshold).mean()) if len(k) else 0.0
             for k in kernel_set.kernels]  # type: ignore[attr-defined]
