@@ -68,6 +68,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_masterkey(args: argparse.Namespace) -> int:
+    import torch
+
     from pipeline.filters.bank import write_filter_bank
     from pipeline.filters.evaluate import accuracy, validation_batches
     from pipeline.filters.extract import KernelSet
@@ -76,6 +78,7 @@ def cmd_masterkey(args: argparse.Namespace) -> int:
     from pipeline.filters.source import load_model_source
 
     loaded = load_model_source(args.src, args.file)
+    loaded.model.to("cuda" if torch.cuda.is_available() else "cpu")  # hundreds of evaluations: use a GPU if any
     data = args.config or loaded.run_dir
     if data is None:
         from datamodules.errors import UserError

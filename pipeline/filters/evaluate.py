@@ -29,7 +29,6 @@ def validation_batches(config: str | Path, max_val_samples: int | None = 512,
     cfg.data.batch_size = batch_size
     if max_val_samples is not None:
         cfg.data.max_val_samples = min(max_val_samples, cfg.data.max_val_samples or max_val_samples)
-    cfg.data.max_train_samples = min(cfg.data.max_train_samples or 256, 256)  # the train set is not used
     cfg.data.num_workers = 0
     datamodule = build_datamodule_for(cfg)
     datamodule.setup("validate")
@@ -45,8 +44,9 @@ def accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]])
     was_training = model.training
     model.eval()
     correct = total = 0
+    device = next(model.parameters()).device
     for images, labels in batches:
-        correct += int((model(images).argmax(dim=1) == labels).sum())
+        correct += int((model(images.to(device)).argmax(dim=1).cpu() == labels).sum())
         total += len(labels)
     model.train(was_training)
     return correct / max(1, total)

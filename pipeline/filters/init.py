@@ -70,7 +70,8 @@ def dog_bank(shape: tuple[int, int], gamma: float, count: int = 4) -> np.ndarray
 
 def _set_kernels(conv: nn.Conv2d, channels: np.ndarray, kernels: np.ndarray) -> None:
     with torch.no_grad():
-        conv.weight[torch.as_tensor(channels), 0] = torch.as_tensor(kernels, dtype=conv.weight.dtype)
+        conv.weight[torch.as_tensor(channels), 0] = torch.as_tensor(kernels, dtype=conv.weight.dtype,
+                                                                     device=conv.weight.device)
 
 
 def _freeze(conv: nn.Conv2d, name: str, applied: AppliedInit) -> None:

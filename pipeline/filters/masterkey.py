@@ -83,7 +83,7 @@ class KernelReplacer:
                 mask = self.units == i + 1
                 if mask.any():
                     conv.weight[torch.as_tensor(self.channels[mask]), 0] = torch.as_tensor(
-                        approx[mask], dtype=conv.weight.dtype)
+                        approx[mask], dtype=conv.weight.dtype, device=conv.weight.device)
 
     def restore(self) -> None:
         with torch.no_grad():
