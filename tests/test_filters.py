@@ -253,6 +253,7 @@ def test_finished_cell_logs_filter_grid_and_dog_shares_to_wandb(tmp_path: Path,
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.finish()  # a run left open by an earlier test would be reused by Lightning's WandbLogger
     run = tmp_path / "cell"
     train_cell(cell_config(run, wandb={"enabled": True, "project": "mkf-test"},
                            data={"max_train_samples": 128, "max_val_samples": 64}))
