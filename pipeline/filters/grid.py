@@ -58,6 +58,8 @@ def draw_grid(sets: list[KernelSet], out: str | Path, per_unit: int = 8, seed: i
     for subfig, kset, sample in zip(subfigs, sets, samples, strict=True):
         subfig.suptitle(f"{kset.source}\n{kset.arch}", fontsize=7)
         axes = np.atleast_2d(subfig.subplots(rows, per_unit, squeeze=False))
+        top = 1 - 0.55 / height  # room for the two title lines
+        subfig.subplots_adjust(left=0.1, right=0.98, top=top, bottom=0.02, wspace=0.1, hspace=0.35)
         for ax in axes.ravel():
             ax.set_axis_off()
         for r, (unit, channels, kernels) in enumerate(sample):
