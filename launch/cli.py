@@ -396,9 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_sweep)
 
-    from launch import data_cli
+    from launch import data_cli, filters_cli
 
     data_cli.add_parsers(sub, bench)
+    filters_cli.add_parsers(sub)
     return p
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from pipeline.config import ModelConfig, OptimConfig
+from pipeline.filters.init import apply_init
 from pipeline.models import create_model
 from pipeline.transfer import AppliedTransfer, TransferSpec, apply_transfer
 
@@ -45,6 +46,8 @@ class ImageClassifier(L.LightningModule):
         self.num_classes = num_classes
         self.global_batch_size = global_batch_size
         self.model: nn.Module = create_model(model.arch, num_classes=num_classes, drop_path_rate=model.drop_path_rate)
+        # depthwise kernel init (model.init: dog / masterkey / random_k), before any transfer overwrites units
+        self.applied_init = apply_init(self.model, model.arch, model.init)
         self.applied: AppliedTransfer | None = None
         if transfer is not None:
             self.applied = apply_transfer(self.model, model.arch, transfer)

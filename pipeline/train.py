@@ -249,6 +249,10 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
         "labels": cfg.labels,
         **datamodule.describe(),
     }
+    if cfg.wandb.enabled:  # the cell's filters on its dashboard (DS-CNNs only; rank 0 only, as all of this)
+        from pipeline.filters.dashboard import log_filters
+
+        log_filters(trainer.loggers, module.model, cfg.model.arch, run_dir.name)
     tmp = run_dir / (RESULT_FILE + ".tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(run_dir / RESULT_FILE)
