@@ -11,7 +11,7 @@ from typing import Any
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 
-DATASETS = ("fashion_mnist", "image_folder")
+DATASETS = ("fashion_mnist", "mnist_5k", "image_folder")
 LOADERS = ("default", "folder", "wds", "ffcv")
 # DataConfig keys only the image loaders understand, with the defaults that mean "not used"
 _IMAGE_KEYS = {"val_image_size": None, "scale": [0.08, 1.0], "crop_ratio": 224 / 256, "shuffle_buffer": 1000,
@@ -28,12 +28,10 @@ def _reject_unused(where: str, kwargs: dict[str, Any], keys: dict[str, Any]) -> 
 
 def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> SplitDataModule:
     """The datamodule for ``dataset`` (a name from :data:`DATASETS`) read by ``loader``, from a cell's ``data``."""
-    if kwargs.pop("subset", None) is not None:
-        raise UserError("data.subset is not implemented yet; remove it")
     if loader not in LOADERS:
         raise UserError(f"unknown data.loader {loader!r}; use one of {', '.join(LOADERS)}")
     if loader in ("wds", "ffcv"):
-        for key in ("max_train_samples", "max_val_samples"):
+        for key in ("subset", "max_train_samples", "max_val_samples"):
             if kwargs.pop(key, None) is not None:
                 raise UserError(f"data.{key} is not supported by loader {loader}; write a smaller set with "
                                 "`mkf data write --max-per-class N`")
@@ -52,6 +50,13 @@ def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> Sp
 
         _reject_unused("dataset fashion_mnist", kwargs, _IMAGE_KEYS)
         return FashionMNISTDataModule(**kwargs)
+    if dataset == "mnist_5k":
+        if loader == "folder":
+            raise UserError("mnist_5k has no folder reader; use loader default, or write shards (wds/ffcv)")
+        from datamodules.fashion_mnist import MNIST5kDataModule
+
+        _reject_unused("dataset mnist_5k", kwargs, _IMAGE_KEYS)
+        return MNIST5kDataModule(**kwargs)
     if dataset == "image_folder":
         from datamodules.image_folder import ImageFolderDataModule
 

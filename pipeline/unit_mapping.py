@@ -265,7 +265,14 @@ def mapping_table(policy: MappingPolicy, source_model: nn.Module, source_units: 
             rows.append((UnitMap(unit.index, 0, unit.shape, "-", ["no source unit (by_index)"]), []))
             continue
         src_unit = source_units[pos]
-        pairs = pair_tensors(source_model, src_unit, target_model, unit)
+        try:
+            pairs = pair_tensors(source_model, src_unit, target_model, unit)
+        except UserError:
+            if only is not None:
+                raise
+            rows.append((UnitMap(unit.index, src_unit.index, unit.shape, src_unit.shape, ["error (layers differ)"]),
+                         []))
+            continue
         actions: list[str] = []
         for s, d in pairs:
             try:
