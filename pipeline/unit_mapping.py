@@ -221,24 +221,38 @@ class UnitMap:
         return asdict(self)
 
 
-def _keys_by_suffix(model: nn.Module, unit: TransferUnit) -> list[tuple[str, str]]:
-    """(module position in the unit, tensor name) for each state key, so layers pair up in order."""
-    keys = unit_param_names(model, unit)
-    slot = {m: i for i, m in enumerate(unit.modules)}
-    return sorted(((k, k.rsplit(".", 1)[1]) for k in keys), key=lambda kt: (slot[kt[0].rsplit(".", 1)[0]], kt[1]))
-
-
 def pair_tensors(source_model: nn.Module, source_unit: TransferUnit, target_model: nn.Module,
                  target_unit: TransferUnit) -> list[tuple[str, str]]:
-    """(source key, target key) for every tensor of the two units, matched by layer order and tensor name."""
-    src = _keys_by_suffix(source_model, source_unit)
-    dst = _keys_by_suffix(target_model, target_unit)
-    if [t for _, t in src] != [t for _, t in dst] or len(source_unit.modules) != len(target_unit.modules):
+    """(source key, target key) for the tensors the two units share, layer by layer, by tensor name.
+
+    Layers pair in unit order; within a layer only tensors both sides hold are mapped (a depthwise conv with a
+    bias into one without drops the bias; the other way the target keeps its own initial bias).
+    """
+    if len(source_unit.modules) != len(target_unit.modules):
         raise UserError(
             f"target unit {target_unit.index} ({', '.join(target_unit.modules)}) and source unit {source_unit.index} "
             f"({', '.join(source_unit.modules)}) hold different layers; transfer depthwise units across architectures"
         )
-    return [(s, d) for (s, _), (d, _) in zip(src, dst, strict=True)]
+    src_keys, dst_keys = unit_param_names(source_model, source_unit), unit_param_names(target_model, target_unit)
+    pairs = []
+    for src_mod, dst_mod in zip(source_unit.modules, target_unit.modules, strict=True):
+        src = {k.rsplit(".", 1)[1]: k for k in src_keys if k.rsplit(".", 1)[0] == src_mod}
+        dst = {k.rsplit(".", 1)[1]: k for k in dst_keys if k.rsplit(".", 1)[0] == dst_mod}
+        if "weight" in dst and "weight" not in src or not set(src) & set(dst):
+            raise UserError(f"{dst_mod} and {src_mod} share no tensors; their layers differ, choose another "
+                            "transfer.unit_kind")
+        pairs.extend((src[name], dst[name]) for name in dst if name in src)
+    return pairs
+
+
+def _unpaired(source_model: nn.Module, source_unit: TransferUnit, target_model: nn.Module,
+              target_unit: TransferUnit, pairs: list[tuple[str, str]]) -> list[str]:
+    """Actions for tensors only one side holds (e.g. a bias)."""
+    used_src, used_dst = {s for s, _ in pairs}, {d for _, d in pairs}
+    notes = [f"{k.rsplit('.', 1)[1]} dropped" for k in unit_param_names(source_model, source_unit) if k not in used_src]
+    notes += [f"own {k.rsplit('.', 1)[1]} kept" for k in unit_param_names(target_model, target_unit)
+              if k not in used_dst]
+    return list(dict.fromkeys(notes))
 
 
 def mapping_table(policy: MappingPolicy, source_model: nn.Module, source_units: list[TransferUnit],
@@ -273,7 +287,7 @@ def mapping_table(policy: MappingPolicy, source_model: nn.Module, source_units: 
             rows.append((UnitMap(unit.index, src_unit.index, unit.shape, src_unit.shape, ["error (layers differ)"]),
                          []))
             continue
-        actions: list[str] = []
+        actions: list[str] = _unpaired(source_model, src_unit, target_model, unit, pairs)
         for s, d in pairs:
             try:
                 _, acts = map_tensor(policy, src_state[s], dst_state[d].shape, unit.index, d)
