@@ -93,11 +93,10 @@ def load_timm_pretrained(name: str, base_file: str | Path | None = None) -> tupl
     import timm
     from timm.models import get_pretrained_cfg
 
-    import pipeline.models  # noqa: F401  (registers the project's variants, e.g. timm:convnext_demo)
+    from pipeline.models import check_arch  # also registers the project's variants (timm:convnext_demo)
 
     arch, _, tag = name.partition(".")
-    if not timm.is_model(arch):
-        raise UserError(f"transfer.base timm:{name}: {arch!r} is not a timm model; check the name (timm.list_models())")
+    check_arch(arch)
     overlay: dict[str, object] = {}
     if base_file is not None:
         if not Path(base_file).is_file():

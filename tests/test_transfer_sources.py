@@ -68,7 +68,7 @@ def test_uncached_timm_tag_without_base_file_is_one_clear_error() -> None:
 
 
 @pytest.mark.parametrize(("spec", "match"), [
-    ({"base": "timm:no_such_model", "depth": 1}, "not a timm model"),
+    ({"base": "timm:no_such_model", "depth": 1}, "unknown architecture"),
     ({"base": "timm:convnext_demo", "base_file": "/nonexistent.pth", "depth": 1}, "does not exist"),
     ({"base": "runs/x", "base_file": "w.pth", "depth": 1}, "only applies to timm"),
     ({"base": "", "depth": 1}, "init random"),
