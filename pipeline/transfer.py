@@ -29,7 +29,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from datamodules.errors import UserError
 from pipeline.layer_plan import UNIT_KINDS, TransferUnit, plan_units, unit_param_names
-from pipeline.unit_mapping import MappingPolicy, mapping_table, pair_units
+from pipeline.unit_mapping import MappingPolicy, map_tensor, mapping_table
 from pipeline.weights import load_weights
 
 DIRECTIONS = ("first", "last")
@@ -140,13 +140,11 @@ def _init_copy(ctx: InitContext) -> None:
     state = model.state_dict()
     with torch.no_grad():
         if spec.mapping is None:
-            positions = pair_units("by_index", base_units, ctx.all_units, [0] * len(base_units),
-                                   [0] * len(ctx.all_units))
-            for unit in ctx.units:
-                if positions[unit.index - 1] >= len(base_units):
+            for unit in ctx.units:  # same architecture: unit i <- unit i
+                if unit.index > len(base_units):
                     raise UserError(f"the base model has only {len(base_units)} units, fewer than the transfer "
                                     "needs; lower the depth")
-                base_unit = base_units[positions[unit.index - 1]]
+                base_unit = base_units[unit.index - 1]
                 src_keys = unit_param_names(base_model, base_unit)
                 dst_keys = unit_param_names(model, unit)
                 if len(src_keys) != len(dst_keys):
@@ -162,8 +160,6 @@ def _init_copy(ctx: InitContext) -> None:
                     state[dst].copy_(tensors[src])
                     ctx.applied.copied.append(dst)
             return
-        from pipeline.unit_mapping import map_tensor
-
         rows = mapping_table(spec.mapping, base_model, base_units, model, ctx.all_units,
                              only={u.index for u in ctx.units})
         for row, pairs in rows:
