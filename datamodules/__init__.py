@@ -6,10 +6,12 @@ by ``mkf data write``: ``wds`` (webdataset tar shards) or ``ffcv`` (.beton files
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
+
+if TYPE_CHECKING:
+    from datamodules.base import SplitDataModule
 
 DATASETS = ("fashion_mnist", "mnist_5k", "image_folder")
 LOADERS = ("default", "folder", "wds", "ffcv")
@@ -63,6 +65,15 @@ def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> Sp
         _reject_unused("loader folder", kwargs, {"shuffle_buffer": 1000, "shards": None})
         return ImageFolderDataModule(**kwargs)
     raise UserError(f"unknown data.dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+
+
+def __getattr__(name: str) -> Any:
+    """``datamodules.SplitDataModule`` on first use: importing the package (e.g. for UserError) stays torch-free."""
+    if name == "SplitDataModule":
+        from datamodules.base import SplitDataModule
+
+        return SplitDataModule
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
 
 
 __all__ = ["DATASETS", "LOADERS", "SplitDataModule", "UserError", "build_datamodule"]
