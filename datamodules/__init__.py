@@ -6,12 +6,14 @@ by ``mkf data write``: ``wds`` (webdataset tar shards) or ``ffcv`` (.beton files
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 
-DATASETS = ("fashion_mnist", "image_folder")
+if TYPE_CHECKING:
+    from datamodules.base import SplitDataModule
+
+DATASETS = ("fashion_mnist", "mnist_5k", "image_folder")
 LOADERS = ("default", "folder", "wds", "ffcv")
 # DataConfig keys only the image loaders understand, with the defaults that mean "not used"
 _IMAGE_KEYS = {"val_image_size": None, "scale": [0.08, 1.0], "crop_ratio": 224 / 256, "shuffle_buffer": 1000,
@@ -28,12 +30,10 @@ def _reject_unused(where: str, kwargs: dict[str, Any], keys: dict[str, Any]) -> 
 
 def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> SplitDataModule:
     """The datamodule for ``dataset`` (a name from :data:`DATASETS`) read by ``loader``, from a cell's ``data``."""
-    if kwargs.pop("subset", None) is not None:
-        raise UserError("data.subset is not implemented yet; remove it")
     if loader not in LOADERS:
         raise UserError(f"unknown data.loader {loader!r}; use one of {', '.join(LOADERS)}")
     if loader in ("wds", "ffcv"):
-        for key in ("max_train_samples", "max_val_samples"):
+        for key in ("subset", "max_train_samples", "max_val_samples"):
             if kwargs.pop(key, None) is not None:
                 raise UserError(f"data.{key} is not supported by loader {loader}; write a smaller set with "
                                 "`mkf data write --max-per-class N`")
@@ -52,12 +52,28 @@ def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> Sp
 
         _reject_unused("dataset fashion_mnist", kwargs, _IMAGE_KEYS)
         return FashionMNISTDataModule(**kwargs)
+    if dataset == "mnist_5k":
+        if loader == "folder":
+            raise UserError("mnist_5k has no folder reader; use loader default, or write shards (wds/ffcv)")
+        from datamodules.fashion_mnist import MNIST5kDataModule
+
+        _reject_unused("dataset mnist_5k", kwargs, _IMAGE_KEYS)
+        return MNIST5kDataModule(**kwargs)
     if dataset == "image_folder":
         from datamodules.image_folder import ImageFolderDataModule
 
         _reject_unused("loader folder", kwargs, {"shuffle_buffer": 1000, "shards": None})
         return ImageFolderDataModule(**kwargs)
     raise UserError(f"unknown data.dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+
+
+def __getattr__(name: str) -> Any:
+    """``datamodules.SplitDataModule`` on first use: importing the package (e.g. for UserError) stays torch-free."""
+    if name == "SplitDataModule":
+        from datamodules.base import SplitDataModule
+
+        return SplitDataModule
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
 
 
 __all__ = ["DATASETS", "LOADERS", "SplitDataModule", "UserError", "build_datamodule"]

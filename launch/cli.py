@@ -30,6 +30,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from pipeline.layer_plan import plan_units
     from pipeline.models import create_model
 
+    if args.map:
+        return _print_mapping(args)
+    if not args.arch:
+        raise UserError("mkf layers needs ARCH (e.g. convnext_tiny), or --map SRC_ARCH DST_ARCH")
     model = create_model(args.arch, num_classes=args.num_classes)
     units = plan_units(model, args.kind)
     if not units:
@@ -38,11 +42,39 @@ def cmd_layers(args: argparse.Namespace) -> int:
     for col in ("#", "modules", "shape", "params"):
         table.add_column(col, justify="right" if col in ("#", "params") else "left")
     for u in units:
-        table.add_row(str(u.index), "\n".join(u.modules) if args.kind == "block" and args.verbose
+        table.add_row(str(u.index), "\n".join(u.modules) if args.kind in ("block", "both") and args.verbose
                       else (u.modules[0] + (f" (+{len(u.modules) - 1})" if len(u.modules) > 1 else "")),
                       u.shape, f"{u.num_params:,}")
     console.print(table)
     console.print(f"{len(units)} units")
+    return 0
+
+
+def _print_mapping(args: argparse.Namespace) -> int:
+    """`mkf layers --map SRC DST`: which source unit, channels and kernel feed each target unit."""
+    from pipeline.layer_plan import plan_units
+    from pipeline.models import create_model
+    from pipeline.unit_mapping import MappingPolicy, mapping_table
+
+    src_arch, dst_arch = args.map
+    if args.arch:
+        raise UserError("give either ARCH or --map SRC_ARCH DST_ARCH, not both")
+    policy = MappingPolicy(units=args.units, channels=args.channels, kernel=args.kernel, seed=args.seed)
+    src, dst = create_model(src_arch, num_classes=args.num_classes), create_model(dst_arch, num_classes=args.num_classes)
+    src_units, dst_units = plan_units(src, args.kind), plan_units(dst, args.kind)
+    for arch, units in ((src_arch, src_units), (dst_arch, dst_units)):
+        if not units:
+            raise UserError(f"{arch} has no {args.kind} units; choose another --kind")
+    rows = mapping_table(policy, src, src_units, dst, dst_units)
+    table = Table(title=f"{src_arch} -> {dst_arch}: {args.kind} units, units {policy.units}, channels "
+                        f"{policy.channels}, kernel {policy.kernel}, seed {policy.seed}")
+    for col in ("target", "source", "target shape", "source shape", "action"):
+        table.add_column(col, justify="right" if col in ("target", "source") else "left")
+    for row, _ in rows:
+        table.add_row(str(row.target), str(row.source or "-"), row.target_shape, row.source_shape,
+                      "; ".join(row.actions))
+    console.print(table)
+    console.print(f"{len(dst_units)} target units from {len(src_units)} source units")
     return 0
 
 
@@ -309,12 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("layers", help="list an architecture's transfer units (depthwise, pointwise or block)",
+    s = sub.add_parser("layers", help="list an architecture's transfer units, or map one architecture's onto another",
                        description="Print the transfer units of ARCH in forward order: index, modules, "
-                                   "kernel shape, parameter count, and the unit count.")
-    s.add_argument("arch", help="timm model name, e.g. convnext_tiny, resnet18, hornet_tiny_7x7")
-    s.add_argument("--kind", default="depthwise", choices=["depthwise", "pointwise", "block"],
-                   help="unit kind (default: depthwise)")
+                                   "kernel shape, parameter count, and the unit count. With --map SRC DST, print "
+                                   "which SRC unit, channels and kernel feed each DST unit (transfer.mapping).")
+    s.add_argument("arch", nargs="?", help="timm model name, e.g. convnext_tiny, resnet18, hornet_tiny_7x7")
+    s.add_argument("--kind", default="depthwise", choices=["depthwise", "pointwise", "both", "block"],
+                   help="unit kind (default: depthwise; both = depthwise + its block's pointwise layers)")
+    s.add_argument("--map", nargs=2, metavar=("SRC_ARCH", "DST_ARCH"),
+                   help="print the cross-architecture mapping (transfer.mapping) from SRC_ARCH's units to DST_ARCH's")
+    s.add_argument("--units", default="by_stage", choices=["by_index", "by_stage", "proportional"],
+                   help="--map: which source unit feeds each target unit (default: by_stage)")
+    s.add_argument("--channels", default="tile", choices=["tile", "subsample", "error"],
+                   help="--map: channel policy when counts differ (default: tile)")
+    s.add_argument("--kernel", default="center", choices=["center", "resample", "error"],
+                   help="--map: kernel policy when sizes differ (default: center)")
+    s.add_argument("--seed", type=int, default=0, help="--map: seed of channels subsample")
     s.add_argument("--num-classes", type=int, default=1000, help="head width (does not change the units)")
     s.add_argument("--verbose", action="store_true", help="list every module of block units")
     s.set_defaults(func=cmd_layers)

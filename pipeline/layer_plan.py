@@ -4,6 +4,9 @@ A transfer experiment copies "the first n units" from model A to model B; what a
 
 * ``depthwise`` -- each depthwise conv (groups == in == out channels > 1): the Master Key Filters units;
 * ``pointwise`` -- each 1x1 conv / Linear inside a block that holds a depthwise conv (the channel mixers);
+* ``both``      -- depthwise unit i together with the pointwise layers of the same block (ConvNeXt: conv_dw +
+  mlp.fc1 + mlp.fc2; HorNet: gnconv.dwconv + proj_in, pws, proj_out, pwconv1/2; MobileNetV3: conv_dw + conv_pw,
+  SE convs, conv_pwl), so there are as many ``both`` units as depthwise ones;
 * ``block``     -- Yosinski et al.'s units for conventional CNNs: the stem, then every residual block.
 
 Order is *forward* order (found with hooks on one dummy forward pass), since "the first n layers" means the n
@@ -20,7 +23,7 @@ from torch import nn
 
 from datamodules.errors import UserError
 
-UNIT_KINDS = ("depthwise", "pointwise", "block")
+UNIT_KINDS = ("depthwise", "pointwise", "both", "block")
 
 
 @dataclass(frozen=True)
@@ -134,10 +137,25 @@ def plan_units(model: nn.Module, kind: str) -> list[TransferUnit]:
         return units
     head = {_owner(n) for n in _classifier_params(model)}
     ds_layers: set[str] = set()
+    mixers_of: dict[str, list[str]] = {}  # depthwise layer -> the pointwise layers of its block
     for names in groups:
         owners = {_owner(n) for n in names}
-        if any(is_depthwise(modules[o]) for o in owners):
-            ds_layers |= {o for o in owners if is_pointwise(modules[o]) and o not in head}
+        depthwise = sorted((o for o in owners if is_depthwise(modules[o])), key=lambda o: position.get(o, 1 << 30))
+        if depthwise:
+            mixers = {o for o in owners if is_pointwise(modules[o]) and o not in head}
+            ds_layers |= mixers
+            # a block with several depthwise convs (none in timm today) gives its mixers to the first one
+            mixers_of[depthwise[0]] = sorted(mixers, key=lambda o: position.get(o, 1 << 30))
+            for other in depthwise[1:]:
+                mixers_of[other] = []
+    if kind == "both":
+        for name in order:
+            m = modules[name]
+            if is_depthwise(m):
+                owners = (name, *mixers_of.get(name, []))
+                count = sum(_param_count(modules[o]) for o in owners)
+                units.append(TransferUnit(len(units) + 1, kind, owners, f"{_shape(m)} +{len(owners) - 1}", count))
+        return units
     for name in order:
         if name in ds_layers:
             m = modules[name]

@@ -150,8 +150,8 @@ def validate_config(cfg: CellConfig) -> None:
         raise UserError(f"unknown optim.name {cfg.optim.name!r}; use one of {', '.join(OPTIMIZERS)}")
     if cfg.optim.lr_scaling not in ("none", "linear"):
         raise UserError(f"unknown optim.lr_scaling {cfg.optim.lr_scaling!r}; use none or linear")
-    if cfg.transfer is not None and not cfg.transfer.base:
-        raise UserError("transfer.base is empty; set it to the base cell's run directory")
+    if cfg.transfer is not None and not cfg.transfer.base and cfg.transfer.init != "random":
+        raise UserError("transfer.base is empty; set it to the base cell's run directory (or use init: random)")
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:

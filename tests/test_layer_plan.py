@@ -20,6 +20,9 @@ from pipeline.layer_plan import is_depthwise, plan_units
     ("convnext_demo", "pointwise", 10),
     ("resnet_demo", "block", 5),
     ("resnet18", "depthwise", 0),
+    ("convnext_demo", "both", 5),
+    ("hornet_tiny_7x7", "both", 25),
+    ("mobilenetv3_large_100", "both", 15),
 ])
 def test_unit_counts(arch: str, kind: str, count: int) -> None:
     assert len(plan_units(timm.create_model(arch), kind)) == count
@@ -52,3 +55,22 @@ def test_layers_command_prints_units_and_count(capsys: pytest.CaptureFixture[str
     assert main(["layers", "convnext_tiny", "--kind", "depthwise"]) == 0
     out = capsys.readouterr().out
     assert "stages.0.blocks.0.conv_dw" in out and "96x1x7x7" in out and "18 units" in out
+
+
+def test_both_units_are_a_depthwise_layer_with_its_blocks_pointwise_layers() -> None:
+    """unit i of kind both = depthwise unit i + the 1x1 mixers of the same block, nothing of other blocks."""
+    model = timm.create_model("convnext_demo")
+    both, depthwise = plan_units(model, "both"), plan_units(model, "depthwise")
+    assert [u.modules[0] for u in both] == [u.modules[0] for u in depthwise]
+    assert both[0].modules == ("stages.0.blocks.0.conv_dw", "stages.0.blocks.0.mlp.fc1", "stages.0.blocks.0.mlp.fc2")
+    assert both[0].num_params == 16 * 49 + 16 + (16 * 64 + 64) + (64 * 16 + 16)
+    mobilenet = plan_units(timm.create_model("mobilenetv3_large_100"), "both")
+    assert mobilenet[3].modules[0] == "blocks.2.0.conv_dw"  # the depthwise layer leads its unit
+    assert set(mobilenet[3].modules) == {"blocks.2.0.conv_pw", "blocks.2.0.conv_dw", "blocks.2.0.se.conv_reduce",
+                                         "blocks.2.0.se.conv_expand", "blocks.2.0.conv_pwl"}
+
+
+def test_layers_command_lists_both_units(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["layers", "convnext_demo", "--kind", "both", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    assert "stages.0.blocks.0.mlp.fc2" in out and "5 units" in out

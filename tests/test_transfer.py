@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from pipeline.classifier import ImageClassifier
-from pipeline.config import ModelConfig, OptimConfig
+from pipeline.config import CellConfig, ModelConfig, OptimConfig
 from pipeline.layer_plan import plan_units, unit_param_names
 from pipeline.models import create_model
-from pipeline.train import train_cell
+from pipeline.train import build_datamodule_for, read_result, train_cell
+from pipeline.transfer import TransferSpec
 from tests.conftest import cell_config
+
+# Base A trains with another seed than the transfer cells (seed 0): a unit equal to A's was copied, not merely
+# initialised alike, and "trained" is checked against the cell's own starting weights, not against A.
+BASE_SEED = 1
 
 pytestmark = pytest.mark.usefixtures("fashion_root")
 
@@ -32,58 +38,132 @@ def unit_keys(arch: str, kind: str) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def base_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("base") / "convnext_A"
-    train_cell(cell_config(run, data={"half": "A"}))
+    train_cell(cell_config(run, seed=BASE_SEED, data={"half": "A"}))
     return run
 
 
 @pytest.fixture(scope="module")
 def resnet_base_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("base") / "resnet_A"
-    train_cell(cell_config(run, data={"half": "A"}, model={"arch": "resnet_demo"}))
+    train_cell(cell_config(run, seed=BASE_SEED, data={"half": "A"}, model={"arch": "resnet_demo"}))
     return run
 
 
-def transfer_cell(tmp_path: Path, base: Path, name: str, **transfer: object) -> Path:
-    run = tmp_path / name
-    train_cell(cell_config(run, transfer={"base": str(base), "unit_kind": "depthwise", **transfer}))
-    return run
+def transfer_config(tmp_path: Path, base: Path | str, name: str, **transfer: object) -> CellConfig:
+    return cell_config(tmp_path / name, transfer={"base": str(base), "unit_kind": "depthwise", **transfer})
+
+
+def transfer_cell(tmp_path: Path, base: Path | str, name: str, **transfer: object) -> Path:
+    cfg = transfer_config(tmp_path, base, name, **transfer)
+    train_cell(cfg)
+    return Path(cfg.run_dir)
+
+
+def initial_weights(cfg: CellConfig) -> dict[str, torch.Tensor]:
+    """The cell's weights before its first step, built exactly as train_cell builds them (same seed, same order)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule_for(cfg)
+    spec = TransferSpec(**{k: getattr(cfg.transfer, k) for k in cfg.transfer.__dataclass_fields__}) \
+        if cfg.transfer else None
+    module = ImageClassifier(cfg.model, cfg.optim, num_classes=datamodule.num_classes, transfer=spec)
+    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+
+
+def model_params(arch: str = "convnext_demo") -> set[str]:
+    return {n for n, _ in create_model(arch, num_classes=5).named_parameters()}
 
 
 def test_frozen_units_stay_identical_to_a_and_everything_else_trains(tmp_path: Path, base_a: Path) -> None:
-    """AnB: units 1..n are A's bit for bit after training on B; every other parameter has moved away from A."""
-    run = transfer_cell(tmp_path, base_a, "AnB3", depth=3, mode="frozen")
-    a, b = weights(base_a), weights(run)
+    """AnB: units 1..n are A's bit for bit after training on B; every other parameter moved from its start."""
+    cfg = transfer_config(tmp_path, base_a, "AnB3", depth=3, mode="frozen")
+    start = initial_weights(cfg)
+    train_cell(cfg)
+    a, b = weights(base_a), weights(Path(cfg.run_dir))
     units = unit_keys("convnext_demo", "depthwise")
     frozen = {k for unit in units[:3] for k in unit}
     assert frozen, "the first 3 depthwise units must own parameters"
+    L.seed_everything(cfg.seed, verbose=False)
+    own_init = create_model("convnext_demo", num_classes=5).state_dict()
     for key in frozen:
         assert torch.equal(a[key], b[key]), f"frozen {key} changed"
-    model_params = {n for n, _ in create_model("convnext_demo", num_classes=5).named_parameters()}
-    for key in model_params - frozen:
-        assert not torch.equal(a[key], b[key]), f"{key} should have trained on B but equals A's"
+        assert not torch.equal(a[key], own_init[key]), f"{key}: A's unit equals the cell's own init"
+    for key in model_params() - frozen:
+        assert not torch.equal(start[key], b[key]), f"{key} did not train on B"
+        assert not torch.equal(a[key], b[key]), f"{key} equals A's: it was copied but should not have been"
 
 
 def test_reverse_freezes_from_the_end(tmp_path: Path, base_a: Path) -> None:
-    """reverse: units n..L come from A and stay frozen; the units before n train."""
-    run = transfer_cell(tmp_path, base_a, "rev4", depth=4, direction="last")
-    a, b = weights(base_a), weights(run)
+    """reverse: units n..L come from A and stay frozen; the units before n start fresh and train."""
+    cfg = transfer_config(tmp_path, base_a, "rev4", depth=4, direction="last")
+    start = initial_weights(cfg)
+    train_cell(cfg)
+    a, b = weights(base_a), weights(Path(cfg.run_dir))
     units = unit_keys("convnext_demo", "depthwise")
     assert all(torch.equal(a[k], b[k]) for unit in units[3:] for k in unit)
-    assert all(not torch.equal(a[k], b[k]) for unit in units[:3] for k in unit)
+    for key in (k for unit in units[:3] for k in unit):
+        assert not torch.equal(start[key], a[key]), f"{key} was copied from A but lies before the reversed units"
+        assert not torch.equal(start[key], b[key]), f"{key} did not train"
 
 
-def test_finetuned_units_move(tmp_path: Path, base_a: Path) -> None:
-    """AnB+: the transferred units start from A's weights but are trained further."""
-    run = transfer_cell(tmp_path, base_a, "AnB3plus", depth=3, mode="finetune")
-    a, b = weights(base_a), weights(run)
+def test_finetuned_units_start_as_a_and_move(tmp_path: Path, base_a: Path) -> None:
+    """AnB+: the transferred units start from A's weights (not the cell's own init) and are trained further."""
+    cfg = transfer_config(tmp_path, base_a, "AnB3plus", depth=3, mode="finetune")
+    start = initial_weights(cfg)
+    train_cell(cfg)
+    a, b = weights(base_a), weights(Path(cfg.run_dir))
     for unit in unit_keys("convnext_demo", "depthwise")[:3]:
         for key in unit:
+            assert torch.equal(start[key], a[key]), f"{key} did not start from A"
             assert not torch.equal(a[key], b[key]), f"{key} should have been fine-tuned"
+
+
+def test_random_frozen_control_keeps_the_cells_own_init(tmp_path: Path) -> None:
+    """init random: no base at all; the chosen units keep the seed's fresh init, frozen; the rest trains."""
+    cfg = cell_config(tmp_path / "rnd3", transfer={"init": "random", "unit_kind": "both", "depth": 3},
+                      data={"subset": {"per_class": 60, "seed": 3}})
+    start = initial_weights(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
+    scratch_init = create_model("convnext_demo", num_classes=5).state_dict()
+    train_cell(cfg)
+    b = weights(Path(cfg.run_dir))
+    units = unit_keys("convnext_demo", "both")
+    frozen = {k for unit in units[:3] for k in unit}
+    assert {"stages.0.blocks.0.conv_dw.weight", "stages.0.blocks.0.mlp.fc2.weight"} <= frozen
+    for key in frozen:
+        assert torch.equal(b[key], start[key]) and torch.equal(b[key], scratch_init[key]), key
+    for key in model_params() - frozen:
+        assert not torch.equal(b[key], start[key]), f"{key} did not train"
+    result = read_result(cfg.run_dir)
+    assert result is not None
+    assert result["transfer"]["init"] == "random" and result["transfer"]["units"] == [1, 2, 3]
+    assert result["subset"] == {"per_class": 60, "fraction": None, "seed": 3} and result["train_samples"] == 300
+
+
+def test_shuffle_permutes_a_filters_across_channels(base_a: Path) -> None:
+    """init shuffle: the same filter bank as A, each (kernel, bias) pair intact, moved to other channels, seeded."""
+    def shuffled(seed: int) -> dict[str, torch.Tensor]:
+        model = create_model("convnext_demo", num_classes=5)
+        apply_transfer(model, "convnext_demo", TransferSpec(base=str(base_a), depth=2, init="shuffle", seed=seed))
+        return model.state_dict()
+
+    from pipeline.transfer import apply_transfer
+
+    a = weights(base_a)
+    first, again, other = shuffled(0), shuffled(0), shuffled(1)
+    w, bias = "stages.1.blocks.0.conv_dw.weight", "stages.1.blocks.0.conv_dw.bias"
+    assert not torch.equal(first[w], a[w])
+    # every target channel holds some source channel's (kernel, bias), and each source channel is used once
+    source_of = [next(j for j in range(a[w].shape[0]) if torch.equal(first[w][i], a[w][j])) for i in range(32)]
+    assert sorted(source_of) == list(range(32))
+    assert all(torch.equal(first[bias][i], a[bias][j]) for i, j in enumerate(source_of))
+    assert torch.equal(first[w], again[w]) and not torch.equal(first[w], other[w])
+    assert not torch.equal(first["stages.2.blocks.0.conv_dw.weight"], a["stages.2.blocks.0.conv_dw.weight"])
 
 
 def test_depth_zero_equals_training_from_scratch(tmp_path: Path, base_a: Path) -> None:
     """n = 0 copies nothing and consumes no randomness: the result is the scratch run with the same seed."""
     zero = transfer_cell(tmp_path, base_a, "AnB0", depth=0)
+    assert not torch.equal(weights(zero)["stem.0.weight"], weights(base_a)["stem.0.weight"])
     scratch = tmp_path / "scratch"
     train_cell(cell_config(scratch))
     w0, ws = weights(zero), weights(scratch)
@@ -95,8 +175,10 @@ def test_depth_zero_equals_training_from_scratch(tmp_path: Path, base_a: Path) -
 def test_frozen_block_units_keep_batchnorm_statistics(tmp_path: Path, resnet_base_a: Path) -> None:
     """Frozen BatchNorm stays in eval mode: running statistics of frozen blocks remain A's exactly."""
     run = tmp_path / "resnet_AnB2"
-    train_cell(cell_config(run, model={"arch": "resnet_demo"},
-                           transfer={"base": str(resnet_base_a), "unit_kind": "block", "depth": 2}))
+    cfg = cell_config(run, model={"arch": "resnet_demo"},
+                      transfer={"base": str(resnet_base_a), "unit_kind": "block", "depth": 2})
+    start = initial_weights(cfg)
+    train_cell(cfg)
     a, b = weights(resnet_base_a), weights(run)
     model = create_model("resnet_demo", num_classes=5)
     units = plan_units(model, "block")
@@ -106,13 +188,11 @@ def test_frozen_block_units_keep_batchnorm_statistics(tmp_path: Path, resnet_bas
     for key in frozen_keys:
         assert torch.equal(a[key], b[key]), key
     later = [k for u in units[2:] for k in unit_param_names(model, u) if k.endswith("running_mean")]
-    assert any(not torch.equal(a[k], b[k]) for k in later), "unfrozen BN statistics should adapt to B"
+    assert all(not torch.equal(start[k], b[k]) for k in later), "unfrozen BN statistics should adapt to B"
 
 
 def test_optimizer_holds_no_frozen_parameter(base_a: Path) -> None:
     """Frozen parameters must not even reach the optimizer (no weight decay or momentum on them)."""
-    from pipeline.transfer import TransferSpec
-
     module = ImageClassifier(ModelConfig(arch="convnext_demo"), OptimConfig(), num_classes=5,
                              transfer=TransferSpec(base=str(base_a), depth=5))
     optimizer, _ = module.configure_optimizers_plain(10)
