@@ -76,7 +76,7 @@ class ReportSpec(_Strict):
 
 
 class SweepConfig(_Strict):
-    """A sweep YAML (see docs/readme_sweep.md for a commented example)."""
+    """A sweep YAML (see docs/sweeps.md for a commented example)."""
 
     name: str = "sweep"
     kind: Kind = "depth_curve"  # the report: depth curves (Fig. 3/4) | retention (Fig. 5) | matrix (source x target)
