@@ -6,10 +6,21 @@ by ``mkf data write``: ``wds`` (webdataset tar shards) or ``ffcv`` (.beton files
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
+
+if TYPE_CHECKING:
+    from datamodules.base import SplitDataModule
+
+
+def __getattr__(name: str) -> Any:
+    """``SplitDataModule`` is imported on first use: ``datamodules.errors`` must not cost a torch import."""
+    if name == "SplitDataModule":
+        from datamodules.base import SplitDataModule
+
+        return SplitDataModule
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
 
 DATASETS = ("fashion_mnist", "image_folder")
 LOADERS = ("default", "folder", "wds", "ffcv")

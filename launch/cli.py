@@ -107,18 +107,14 @@ def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int =
               profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False) -> int:
     """Plan, write the manifest, run (or submit) every cell that is not finished; finished cells are skipped."""
     from launch.cell_state import cell_state, clear_failure
-    from launch.executors import EXECUTORS
+    from launch.executors import executor_class
     from launch.sweep import load_sweep, plan_sweep, write_plan
 
-    if executor_name not in EXECUTORS:
-        raise UserError(f"unknown executor {executor_name!r}; available: {', '.join(EXECUTORS)}")
+    cls = executor_class(executor_name)
     sweep = load_sweep(sweep_path)
     plan = plan_sweep(sweep)
-    if executor_name == "slurm":
-        executor = EXECUTORS["slurm"](profile=profile, profiles_file=profiles_file, dry_run=dry_run,
-                                      sweep_slurm=sweep.slurm)  # type: ignore[call-arg]
-    else:
-        executor = EXECUTORS[executor_name](slots=slots, progress=progress)  # type: ignore[call-arg]
+    executor = cls.from_options({"slots": slots, "progress": progress, "profile": profile,
+                                 "profiles_file": profiles_file, "dry_run": dry_run, "sweep_slurm": sweep.slurm})
     if not dry_run:
         write_plan(plan)
     states = {c.id: cell_state(plan, c) for c in plan.cells}
@@ -143,34 +139,39 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from launch.cell_state import STATES, cell_state, last_metric
-    from launch.slurm_executor import JobBook, query_jobs
+    from launch.cell_state import STATES, cell_state
+    from launch.executors import executors_used
     from launch.sweep import resolve_plan
+    from pipeline.run_folder import last_metric, read_attempts
 
     plan = resolve_plan(args.target)
-    book = JobBook.load(plan.output_dir)
-    jobs = query_jobs([e["job_id"] for e in book.cells.values()]) if book.cells else {}
+    views = [e.status(plan) for e in executors_used(plan)]
     table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
-    columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "metric"]
-    if book.cells:
-        columns += ["job", "slurm", "restarts", "elapsed"]
+    columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "preempted", "failed", "metric"]
+    columns += [c for v in views for c in v.columns]
     for col in columns:
         table.add_column(col, no_wrap=True, min_width=12 if col == "id" else None)
     counts: dict[str, Counter[str]] = {}
+    shown = 0
     for c in plan.cells:
         state = cell_state(plan, c)
-        entry = book.cells.get(c.id, {})
-        job = jobs.get(entry.get("job_id", ""))
-        if job is not None and job.state == "RUNNING" and state in ("pending", "interrupted"):
+        if state in ("pending", "interrupted") and any(c.id in v.running for v in views):
             state = "running"
         counts.setdefault(c.stage, Counter())[state] += 1
+        if args.only and state not in args.only:
+            continue
+        shown += 1
+        if shown > args.limit > 0:
+            continue
+        attempts = read_attempts(c.run_dir)
         row = [c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed), state,
-               last_metric(c)]
-        if book.cells:
-            row += [entry.get("job_id", ""), job.state if job else ("" if not entry else "gone"),
-                    str(job.restarts) if job else "", job.elapsed if job else ""]
+               str(attempts["preemptions"]), str(attempts["failures"]), last_metric(c.run_dir)]
+        for v in views:
+            row += v.rows.get(c.id, [""] * len(v.columns))
         table.add_row(*row)
     console.print(table)
+    if shown > args.limit > 0:
+        console.print(f"... {shown - args.limit} more cells not listed (--limit 0 lists all, --only STATE filters)")
     for stage, counter in counts.items():
         console.print(f"{stage:>8}: " + "  ".join(f"{s}: {counter[s]}" for s in STATES)
                       + f"  total: {sum(counter.values())}")
@@ -180,11 +181,16 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_cancel(args: argparse.Namespace) -> int:
-    from launch.slurm_executor import cancel_sweep
+    from launch.executors import executors_used
     from launch.sweep import resolve_plan
 
-    arrays = cancel_sweep(resolve_plan(args.target))
-    console.print(f"cancelled arrays: {', '.join(arrays)}" if arrays else "no Slurm jobs recorded for this sweep")
+    plan = resolve_plan(args.target)
+    stopped = {e.name: e.cancel(plan) for e in executors_used(plan)}
+    if not any(stopped.values()):
+        console.print("nothing running or queued for this sweep")
+    for name, ids in stopped.items():
+        if ids:
+            console.print(f"cancelled ({name}): {', '.join(ids)}")
     return 0
 
 
@@ -254,6 +260,13 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_cli(args: argparse.Namespace) -> int:
+    from launch.bench_cli import bench_cli
+
+    bench_cli(repeats=args.repeats, seeds=args.seeds, out_json=args.json, console=console)
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -308,8 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep_run)
     s = sweep.add_parser("status", help="per-cell state (joined with Slurm's view) and counts per stage")
     s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.add_argument("--only", nargs="+", metavar="STATE",
+                   choices=["finished", "running", "interrupted", "failed", "pending"],
+                   help="list only cells in these states (the counts always cover every cell)")
+    s.add_argument("--limit", type=int, default=200, help="list at most this many cells (default 200; 0 = all)")
     s.set_defaults(func=cmd_sweep_status)
-    s = sweep.add_parser("cancel", help="scancel every Slurm array of the sweep")
+    s = sweep.add_parser("cancel", help="stop every cell of the sweep (scancel its Slurm arrays, stop local cells)")
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.set_defaults(func=cmd_sweep_cancel)
     s = sweep.add_parser("sync", help="upload every cell's offline W&B runs (wandb sync), once back online")
@@ -352,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-submit", action="store_true", help="only plan (no Slurm needed)")
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_sweep)
+
+    s = bench.add_parser("cli", help="login-node commands (help, sweep plan/status/cancel) vs `import torch`",
+                         description="Times `mkf --help`, `mkf sweep plan` and `mkf sweep status` of a "
+                                     "10,000-cell sweep, each a fresh process, as ratios to `python -c 'import "
+                                     "torch'` on this machine, and says whether each imported torch.")
+    s.add_argument("--repeats", type=int, default=3, help="cold runs per command; the median is reported")
+    s.add_argument("--seeds", type=int, default=55, help="seeds of the benchmark sweep (182 cells each)")
+    s.add_argument("--json", help="also write the figures to this JSON file")
+    s.set_defaults(func=cmd_bench_cli)
 
     from launch import data_cli
 

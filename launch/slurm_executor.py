@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from datamodules.errors import UserError
-from launch.executors import Executor, SweepOutcome
+from launch.executor_base import Executor, ExecutorView, SweepOutcome
 from launch.slurm_profiles import SlurmProfile, load_profiles, pick_profile, profile_for_stage
 from launch.sweep import STAGES, Cell, SweepPlan
 
@@ -178,6 +178,31 @@ class SlurmExecutor(Executor):
         self.sweep_slurm = sweep_slurm or {}
         self.console = console or Console()
         self.sbatch_calls = 0
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SlurmExecutor:
+        return cls(profile=options.get("profile"), profiles_file=options.get("profiles_file"),
+                   dry_run=bool(options.get("dry_run")), sweep_slurm=options.get("sweep_slurm"))
+
+    @classmethod
+    def used_by(cls, plan: SweepPlan) -> bool:
+        return (plan.output_dir / "slurm" / "jobs.json").is_file()
+
+    def status(self, plan: SweepPlan) -> ExecutorView:
+        """Slurm's view of every cell it was given: job id, state, Slurm's restart count, elapsed time."""
+        book = JobBook.load(plan.output_dir)
+        jobs = query_jobs([e["job_id"] for e in book.cells.values()]) if book.cells else {}
+        view = ExecutorView(["job", "slurm", "requeues", "elapsed"])
+        for cid, entry in book.cells.items():
+            job = jobs.get(entry.get("job_id", ""))
+            view.rows[cid] = [entry.get("job_id", ""), job.state if job else "gone",
+                              str(job.restarts) if job else "", job.elapsed if job else ""]
+            if job is not None and job.state == "RUNNING":
+                view.running.add(cid)
+        return view
+
+    def cancel(self, plan: SweepPlan) -> list[str]:
+        return cancel_sweep(plan)
 
     def cells_to_submit(self, plan: SweepPlan, cells: Sequence[Cell]) -> tuple[list[Cell], dict[str, str]]:
         """Unfinished cells minus those Slurm is already running or queueing; also their active job ids."""
