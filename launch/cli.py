@@ -49,7 +49,6 @@ def cmd_layers(args: argparse.Namespace) -> int:
 # ---- mkf train ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_cell_config
-    from pipeline.resume import Preempted
     from pipeline.train import train_cell
 
     cfg = load_cell_config(args.config)
@@ -60,22 +59,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(cfg.trainer, key, getattr(args, flag))
     if isinstance(cfg.trainer.devices, int) and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         cfg.trainer.strategy = "ddp" if cfg.trainer.strategy == "auto" else cfg.trainer.strategy
-    callbacks, plugins = [], []
     from launch import slurm_runtime
 
-    if slurm_runtime.in_slurm_step():
-        if slurm_runtime.restarts() > slurm_runtime.max_restarts():
-            slurm_runtime.mark_failed(Path(cfg.run_dir), f"restarted {slurm_runtime.restarts()} times, "
-                                      f"limit {slurm_runtime.max_restarts()}")
-            err_console.print(f"mkf: {cfg.run_dir}: restart limit reached; cell marked failed")
-            return 1
-        callbacks, plugins = slurm_runtime.slurm_extras(Path(cfg.run_dir))
-    try:
-        result = train_cell(cfg, callbacks=callbacks, plugins=plugins)
-    except Preempted as exc:
-        requeued = any(getattr(c, "requeued", False) for c in callbacks)
-        err_console.print(f"mkf: {exc}; " + ("requeued" if requeued else "not requeued"))
-        return 0 if requeued or os.environ.get("SLURM_PROCID", "0") != "0" else 1
+    if slurm_runtime.in_slurm_step():  # preemption, periodic checkpoints and the restart policy live there
+        return slurm_runtime.train_in_slurm(cfg, report=err_console.print)
+    result = train_cell(cfg)
     if result:
         console.print(f"{cfg.run_dir}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
                       f"{result['steps']} steps in {result['wall_time_s']:.1f} s")
@@ -126,7 +114,7 @@ def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int =
         for cell in todo:
             clear_failure(plan, cell)
     outcome = executor.run(plan, todo)
-    failed = [cid for cid, state in outcome.states.items() if state not in ("finished", "submitted")]
+    failed = outcome.failed
     if failed:
         err_console.print(f"{len(failed)} cells did not finish; rerun the same command to retry them")
         return 1

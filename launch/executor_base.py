@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class SweepOutcome:
-    """Final state of every cell an executor was asked to run."""
+    """Final state of every cell an executor was asked to run: finished, failed, blocked, submitted (queued on a
+    cluster) or deferred (over the cluster's job cap, or waiting for a base cell: a later run submits it)."""
 
     states: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[str]:
-        return [cid for cid, s in self.states.items() if s not in ("finished", "submitted")]
+        return [cid for cid, s in self.states.items() if s not in ("finished", "submitted", "deferred")]
 
 
 @dataclass
