@@ -16,10 +16,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from configs import config_path
 from datamodules.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DEMO_CONFIG = config_path("demo.yaml")  # package data: found from a checkout and from an installed wheel
 # tables stay readable when piped or logged (rich would squeeze them into 80 columns)
 console = Console(width=None if sys.stdout.isatty() else 220)
 err_console = Console(stderr=True)

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from configs import config_path
 from datamodules.errors import UserError
 from pipeline.config import from_dict, load_yaml
 
-DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "configs" / "profiles.yaml"
+DEFAULT_PROFILES = config_path("profiles.yaml")  # package data (importlib.resources), not a checkout path
 # values that end up as sbatch arguments: no spaces, quotes or shell metacharacters
 _SAFE = re.compile(r"^[A-Za-z0-9_.:,=@%+/\-\[\]]+$")
 
