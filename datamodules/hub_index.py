@@ -21,6 +21,7 @@ from braceexpand import braceexpand
 
 from datamodules.errors import UserError
 from datamodules.shard_writer import INDEX_FILE, INDEX_VERSION
+from datamodules.tar_reader import read_samples, sample_image, sample_label
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
@@ -40,35 +41,19 @@ def expand_shards(patterns: list[str]) -> list[str]:
 
 
 def count_shard(url: str) -> dict[str, Any]:
-    """Samples with an image and an integer label in one shard, per label, read as a stream (no image decode)."""
-    from webdataset import gopen
-
-    members: dict[str, set[str]] = {}
-    labels: dict[str, int] = {}
+    """Samples with an image and an integer label in one shard, per label, read as a stream (no image decode),
+    grouped into samples by the same reader and key rules as training (:mod:`datamodules.tar_reader`)."""
+    per_class: Counter[int] = Counter()
+    total = 0
     try:
-        with gopen(url, "rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, _, base = member.name.rpartition("/")
-                stem, dot, ext = base.partition(".")
-                if not dot:
-                    continue
-                key = f"{directory}/{stem}" if directory else stem
-                ext = ext.lower()
-                members.setdefault(key, set()).add(ext)
-                if ext == "cls":
-                    try:
-                        labels[key] = int(tar.extractfile(member).read().decode().strip())  # type: ignore[union-attr]
-                    except ValueError:
-                        pass  # counted as a bad sample below, as the loader would skip it
+        for sample in read_samples(url):
+            total += 1
+            label = sample_label(sample)
+            if label is not None and sample_image(sample) is not None:
+                per_class[label] += 1
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"cannot read shard {url}: {exc}") from None
-    per_class: Counter[int] = Counter()
-    for key, exts in members.items():
-        if key in labels and any(k in exts for k in IMAGE_KEYS):
-            per_class[labels[key]] += 1
-    return {"url": url, "per_class": per_class, "bad": len(members) - sum(per_class.values())}
+    return {"url": url, "per_class": per_class, "bad": total - sum(per_class.values())}
 
 
 def index_hub_shards(train: list[str], val: list[str], out: str | Path, classes: list[str] | None = None,

@@ -7,7 +7,6 @@ out of range, a shard whose sample count drifted from the index.
 from __future__ import annotations
 
 import io
-import tarfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -17,37 +16,33 @@ from PIL import Image
 
 from datamodules.errors import UserError
 from datamodules.shard_writer import read_index
+from datamodules.tar_reader import read_samples, sample_image, sample_label
 
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
-
-def verify_tar(path: str, num_classes: int) -> dict[str, Any]:
-    """Decode every image of one shard; return samples, per-class counts and problems (key: why)."""
-    samples: dict[str, dict[str, bytes]] = {}
+def verify_tar(url: str, num_classes: int) -> dict[str, Any]:
+    """Decode every image of one shard, grouped into samples exactly as training groups them
+    (:mod:`datamodules.tar_reader`); return samples, per-class counts and problems (key: why)."""
     problems: list[str] = []
-    try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                samples.setdefault(key, {})[ext.lower()] = data
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        problems.append(f"{path}: unreadable tar ({exc})")
+
+    def unreadable(exc: Exception) -> bool:
+        problems.append(f"{url}: unreadable tar ({exc})")
+        return True
+
     per_class: Counter[int] = Counter()
-    for key, members in samples.items():
-        image = next((members[k] for k in IMAGE_KEYS if k in members), None)
+    for sample in read_samples(url, unreadable):
+        key = sample["__key__"]
+        label, image = sample_label(sample), sample_image(sample)
         try:
-            label = int(members["cls"].decode())
+            if label is None:
+                raise ValueError(f"no integer 'cls' member (has {sorted(k for k in sample if not k.startswith('__'))})")
             if not 0 <= label < num_classes:
                 raise ValueError(f"label {label} outside 0..{num_classes - 1}")
             if image is None:
-                raise ValueError(f"no image member, has {sorted(members)}")
+                raise ValueError(f"no image member, has {sorted(k for k in sample if not k.startswith('__'))}")
             with Image.open(io.BytesIO(image)) as img:
                 img.load()
         except Exception as exc:  # noqa: BLE001
-            problems.append(f"{path}:{key}: {type(exc).__name__}: {exc}")
+            problems.append(f"{url}:{key}: {type(exc).__name__}: {exc}")
             continue
         per_class[label] += 1
     return {"samples": sum(per_class.values()), "per_class": per_class, "problems": problems}
@@ -79,19 +74,20 @@ def verify_dataset(root: str | Path, workers: int = 1) -> dict[str, Any]:
     classes = index["classes"]
     files = [(set_name, part, f) for set_name, entry in index["sets"].items() for part in ("train", "val")
              for f in entry[part]["files"]]
-    missing = [str(root / f["name"]) for _, _, f in files if not (root / f["name"]).is_file()]
+    urls = [f.get("url") or str(root / f["name"]) for _, _, f in files]  # Hub indexes list URLs / pipe: commands
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
     if missing:
         raise UserError(f"shard {missing[0]} is missing ({len(missing)} files in all); rerun `mkf data write` "
                         "with the same arguments to repair it")
     check = verify_beton if index["format"] == "ffcv" else verify_tar
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(check, [str(root / f["name"]) for _, _, f in files], [len(classes)] * len(files)))
+        results = list(pool.map(check, urls, [len(classes)] * len(files)))
     problems: list[str] = []
     counts: dict[str, dict[str, int]] = {}
-    for (set_name, part, f), result in zip(files, results, strict=True):
+    for (set_name, part, f), url, result in zip(files, urls, results, strict=True):
         problems += result["problems"]
         if result["samples"] != f["samples"]:
-            problems.append(f"{root / f['name']}: {result['samples']} samples decode, index says {f['samples']}")
+            problems.append(f"{url}: {result['samples']} samples decode, index says {f['samples']}")
         counts.setdefault(set_name, Counter())[part] += result["samples"]  # type: ignore[index]
     for set_name, entry in index["sets"].items():
         for part in ("train", "val"):

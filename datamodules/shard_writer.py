@@ -350,7 +350,8 @@ def _build_index(out: Path, plans: list[ShardPlan], records: dict[str, dict[str,
                 "per_class": dict(sorted(per_class.items())),
                 "skipped": sum(len(r["skipped"]) for r in files),
             }
-    skipped = [s for r in records.values() for s in r["skipped"]]
+    # each skipped source names the set and part (train/val) it was left out of
+    skipped = [f"{p.set}/{p.part}: {s}" for p in plans if p.name in records for s in records[p.name]["skipped"]]
     return {
         "version": INDEX_VERSION,
         "format": opts.format,

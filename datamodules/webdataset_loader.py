@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import random
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +40,9 @@ from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 from datamodules.samplers import ResumePosition
 from datamodules.shard_writer import read_index
+from datamodules.tar_reader import IMAGE_KEYS, read_samples
 
 log = logging.getLogger(__name__)
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass(frozen=True)
@@ -71,73 +70,12 @@ class _SkipCounter:
         return True  # continue with the next member / shard
 
 
-def _tar_members(stream: Any) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of the regular files of a tar stream: ustar, GNU long names and PAX paths.
-
-    A direct header parser: Python's tarfile spends more time per member than libjpeg-turbo needs to decode a
-    small image, which made the tar reader a fifth of the loader's cost.
-    """
-    long_name: str | None = None
-    while True:
-        header = stream.read(512)
-        if len(header) < 512 or header == bytes(512):
-            if 0 < len(header) < 512:
-                raise tarfile.ReadError("truncated tar header")
-            return
-        size_field = header[124:136].strip(b"\0 ")
-        size = int(size_field, 8) if size_field else 0
-        data = stream.read(size)
-        if len(data) < size:
-            raise tarfile.ReadError(f"truncated tar member {header[:100].rstrip(bytes(1)).decode(errors='replace')}")
-        stream.read(-size % 512)
-        kind = header[156:157]
-        if kind == b"L":  # GNU long name of the next member
-            long_name = data.rstrip(bytes(1)).decode()
-            continue
-        if kind == b"x":  # PAX extended header of the next member: "<len> key=value\n" records
-            for record in data.decode(errors="replace").splitlines():
-                key, _, value = record.partition(" ")[2].partition("=")
-                if key == "path":
-                    long_name = value
-            continue
-        if kind not in (b"0", b"\0", b"7"):  # only regular files carry sample members
-            long_name = None
-            continue
-        if long_name is not None:
-            name, long_name = long_name, None
-        else:
-            name = header[:100].rstrip(bytes(1)).decode()
-            prefix = header[345:500].rstrip(bytes(1)).decode() if header[257:262] == b"ustar" else ""
-            name = f"{prefix}/{name}" if prefix else name
-        yield name, data
-
-
 def _tar_samples(handler: Callable[[Exception], bool]) -> Callable[[Iterator[dict[str, str]]], Iterator[dict]]:
-    """Pipeline stage: shard URLs -> samples ``{__key__, __url__, ext: bytes}``, grouped as webdataset does."""
-    import webdataset as wds
+    """Pipeline stage: shard URLs -> samples ``{__key__, __url__, ext: bytes}`` (``datamodules.tar_reader``)."""
 
     def samples(urls: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
         for entry in urls:
-            url = entry["url"]
-            sample: dict[str, Any] = {}
-            try:
-                with wds.gopen(url, "rb") as stream:
-                    for name, data in _tar_members(stream):
-                        slash = name.rfind("/") + 1
-                        dot = name.find(".", slash)
-                        if dot < 0 or name[slash:].startswith("__"):
-                            continue
-                        key, ext = name[:dot], name[dot + 1:].lower()
-                        if sample.get("__key__") != key:
-                            if sample:
-                                yield sample
-                            sample = {"__key__": key, "__url__": url}
-                        sample[ext] = data
-            except Exception as exn:  # noqa: BLE001 -- the handler counts it; the samples read so far are fine
-                if not handler(exn):
-                    raise
-            if sample:
-                yield sample
+            yield from read_samples(entry["url"], handler)
     return samples
 
 

@@ -40,7 +40,8 @@ def bench_sweep(seeds: int = 55, arch: str = "convnext_base", profile: str = "lo
             write_plan(plan)
             materialize_configs(plan, plan.cells)  # submitting writes every submitted cell's YAML
             write_s = time.perf_counter() - start
-            executor = SlurmExecutor(profiles_file=profiles_file, sweep_slurm=sweep.slurm, console=Console(quiet=True))
+            executor = SlurmExecutor(profiles_file=profiles_file, sweep_slurm=sweep.slurm, console=Console(quiet=True),
+                                     hold=True)  # queued, never run: cancelled right after
             start = time.perf_counter()
             executor.run(plan, plan.cells)
             submit_s = time.perf_counter() - start

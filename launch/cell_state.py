@@ -1,15 +1,20 @@
-"""Where a cell stands, read from files alone, so `mkf sweep status` works from any shell and after crashes."""
+"""Where a cell stands, read from files alone, so `mkf sweep status` works from any shell and after crashes.
+
+The run directory's own files (result, failure, checkpoints, attempts) are read through the torch-free
+``pipeline.run_folder``; this module adds what only the launcher knows: the local executor's pid and exit files.
+"""
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from launch.sweep import Cell, SweepPlan
-from pipeline.train import LAST_CKPT, PREEMPT_CKPT, read_result
+from pipeline import run_folder
+from pipeline.run_folder import FAILED_FILE, read_attempts  # noqa: F401  (re-exported for the launchers)
 
-FAILED_FILE = "failed.json"  # written by launch.slurm_runtime.mark_failed
+if TYPE_CHECKING:
+    from launch.sweep import Cell, SweepPlan
 
 STATES = ("finished", "running", "interrupted", "failed", "pending")
 
@@ -26,45 +31,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def cell_state(plan: SweepPlan, cell: Cell) -> str:
     """finished | running | interrupted (has a checkpoint to resume) | failed | pending."""
-    if read_result(cell.run_dir) is not None:
-        return "finished"
-    pid_file = log_path(plan, cell, ".pid")
-    if pid_file.is_file():
-        try:
-            if _alive(int(pid_file.read_text().strip())):
-                return "running"
-        except ValueError:
-            pass
-    if (Path(cell.run_dir) / FAILED_FILE).is_file():  # gave up inside a job (e.g. restart limit)
+    state = run_folder.run_state(cell.run_dir)
+    if state == "finished":
+        return state
+    logs = os.path.join(plan.output_dir, "logs", cell.id)  # plain strings: status checks thousands of cells
+    pid = _read(logs + ".pid")
+    if pid and pid.isdigit() and _alive(int(pid)):
+        return "running"
+    if state == "failed":  # gave up inside a job (e.g. the crash limit)
+        return state
+    if _read(logs + ".exit") not in (None, "", "0"):
         return "failed"
-    exit_file = log_path(plan, cell, ".exit")
-    if exit_file.is_file() and exit_file.read_text().strip() not in ("", "0"):
-        return "failed"
-    if any((Path(cell.run_dir) / "checkpoints" / name).is_file() for name in (LAST_CKPT, PREEMPT_CKPT)):
-        return "interrupted"
-    return "pending"
+    return state
 
 
 def clear_failure(plan: SweepPlan, cell: Cell) -> None:
     """Forget a previous failure before the cell is run again (its checkpoints are kept for resuming)."""
-    (Path(cell.run_dir) / FAILED_FILE).unlink(missing_ok=True)
+    run_folder.clear_failed(cell.run_dir)
     log_path(plan, cell, ".exit").unlink(missing_ok=True)
 
 
 def last_metric(cell: Cell) -> str:
     """The cell's final top-1, else the newest val/top1 or train/loss in its CSV log (a running cell's progress)."""
-    result = read_result(cell.run_dir)
-    if result and result.get("top1") is not None:
-        return f"top1 {result['top1']:.4f}"
-    logs = sorted(Path(cell.run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    if not logs:
-        return ""
-    with logs[-1].open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    for key in ("val/top1", "train/loss"):
-        values = [r[key] for r in rows if r.get(key)]
-        if values:
-            return f"{key.split('/')[1]} {float(values[-1]):.4f} @{rows[-1].get('step', '?')}"
-    return ""
+    return run_folder.last_metric(cell.run_dir)

@@ -16,10 +16,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from configs import config_path
 from datamodules.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+DEMO_CONFIG = config_path("demo.yaml")  # package data: found from a checkout and from an installed wheel
 # tables stay readable when piped or logged (rich would squeeze them into 80 columns)
 console = Console(width=None if sys.stdout.isatty() else 220)
 err_console = Console(stderr=True)
@@ -81,7 +81,6 @@ def _print_mapping(args: argparse.Namespace) -> int:
 # ---- mkf train ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_cell_config
-    from pipeline.resume import Preempted
     from pipeline.train import train_cell
 
     cfg = load_cell_config(args.config)
@@ -92,22 +91,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(cfg.trainer, key, getattr(args, flag))
     if isinstance(cfg.trainer.devices, int) and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         cfg.trainer.strategy = "ddp" if cfg.trainer.strategy == "auto" else cfg.trainer.strategy
-    callbacks, plugins = [], []
     from launch import slurm_runtime
 
-    if slurm_runtime.in_slurm_step():
-        if slurm_runtime.restarts() > slurm_runtime.max_restarts():
-            slurm_runtime.mark_failed(Path(cfg.run_dir), f"restarted {slurm_runtime.restarts()} times, "
-                                      f"limit {slurm_runtime.max_restarts()}")
-            err_console.print(f"mkf: {cfg.run_dir}: restart limit reached; cell marked failed")
-            return 1
-        callbacks, plugins = slurm_runtime.slurm_extras(Path(cfg.run_dir))
-    try:
-        result = train_cell(cfg, callbacks=callbacks, plugins=plugins)
-    except Preempted as exc:
-        requeued = any(getattr(c, "requeued", False) for c in callbacks)
-        err_console.print(f"mkf: {exc}; " + ("requeued" if requeued else "not requeued"))
-        return 0 if requeued or os.environ.get("SLURM_PROCID", "0") != "0" else 1
+    if slurm_runtime.in_slurm_step():  # preemption, periodic checkpoints and the restart policy live there
+        return slurm_runtime.train_in_slurm(cfg, report=err_console.print)
+    result = train_cell(cfg)
     if result:
         console.print(f"{cfg.run_dir}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
                       f"{result['steps']} steps in {result['wall_time_s']:.1f} s")
@@ -164,18 +152,14 @@ def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int =
               profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False) -> int:
     """Plan, write the manifest, run (or submit) every cell that is not finished; finished cells are skipped."""
     from launch.cell_state import cell_state, clear_failure
-    from launch.executors import EXECUTORS
+    from launch.executors import executor_class
     from launch.sweep import load_sweep, materialize_configs, plan_sweep, write_plan
 
-    if executor_name not in EXECUTORS:
-        raise UserError(f"unknown executor {executor_name!r}; available: {', '.join(EXECUTORS)}")
+    cls = executor_class(executor_name)
     sweep = load_sweep(sweep_path)
     plan = plan_sweep(sweep)
-    if executor_name == "slurm":
-        executor = EXECUTORS["slurm"](profile=profile, profiles_file=profiles_file, dry_run=dry_run,
-                                      sweep_slurm=sweep.slurm)  # type: ignore[call-arg]
-    else:
-        executor = EXECUTORS[executor_name](slots=slots, progress=progress)  # type: ignore[call-arg]
+    executor = cls.from_options({"slots": slots, "progress": progress, "profile": profile,
+                                 "profiles_file": profiles_file, "dry_run": dry_run, "sweep_slurm": sweep.slurm})
     if dry_run:
         _print_plan(plan)
     else:
@@ -190,7 +174,7 @@ def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int =
             clear_failure(plan, cell)
         materialize_configs(plan, todo)  # only the cells about to run get their config YAML
     outcome = executor.run(plan, todo)
-    failed = [cid for cid, state in outcome.states.items() if state not in ("finished", "submitted")]
+    failed = outcome.failed
     if failed:
         err_console.print(f"{len(failed)} cells did not finish; rerun the same command to retry them")
         return 1
@@ -203,34 +187,39 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from launch.cell_state import STATES, cell_state, last_metric
-    from launch.slurm_executor import JobBook, query_jobs
+    from launch.cell_state import STATES, cell_state
+    from launch.executors import executors_used
     from launch.sweep import resolve_plan
+    from pipeline.run_folder import last_metric, read_attempts
 
     plan = resolve_plan(args.target)
-    book = JobBook.load(plan.output_dir)
-    jobs = query_jobs([e["job_id"] for e in book.cells.values()]) if book.cells else {}
+    views = [e.status(plan) for e in executors_used(plan)]
     table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
-    columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "metric"]
-    if book.cells:
-        columns += ["job", "slurm", "restarts", "elapsed"]
+    columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "preempted", "failed", "metric"]
+    columns += [c for v in views for c in v.columns]
     for col in columns:
         table.add_column(col, no_wrap=True, min_width=12 if col == "id" else None)
     counts: dict[str, Counter[str]] = {}
+    shown = 0
     for c in plan.cells:
         state = cell_state(plan, c)
-        entry = book.cells.get(c.id, {})
-        job = jobs.get(entry.get("job_id", ""))
-        if job is not None and job.state == "RUNNING" and state in ("pending", "interrupted"):
+        if state in ("pending", "interrupted") and any(c.id in v.running for v in views):
             state = "running"
         counts.setdefault(c.stage, Counter())[state] += 1
+        if args.only and state not in args.only:
+            continue
+        shown += 1
+        if shown > args.limit > 0:
+            continue
+        attempts = read_attempts(c.run_dir)
         row = [c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed), state,
-               last_metric(c)]
-        if book.cells:
-            row += [entry.get("job_id", ""), job.state if job else ("" if not entry else "gone"),
-                    str(job.restarts) if job else "", job.elapsed if job else ""]
+               str(attempts["preemptions"]), str(attempts["failures"]), last_metric(c.run_dir)]
+        for v in views:
+            row += v.rows.get(c.id, [""] * len(v.columns))
         table.add_row(*row)
     console.print(table)
+    if shown > args.limit > 0:
+        console.print(f"... {shown - args.limit} more cells not listed (--limit 0 lists all, --only STATE filters)")
     for stage, counter in counts.items():
         console.print(f"{stage:>8}: " + "  ".join(f"{s}: {counter[s]}" for s in STATES)
                       + f"  total: {sum(counter.values())}")
@@ -240,11 +229,16 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_cancel(args: argparse.Namespace) -> int:
-    from launch.slurm_executor import cancel_sweep
+    from launch.executors import executors_used
     from launch.sweep import resolve_plan
 
-    arrays = cancel_sweep(resolve_plan(args.target))
-    console.print(f"cancelled arrays: {', '.join(arrays)}" if arrays else "no Slurm jobs recorded for this sweep")
+    plan = resolve_plan(args.target)
+    stopped = {e.name: e.cancel(plan) for e in executors_used(plan)}
+    if not any(stopped.values()):
+        console.print("nothing running or queued for this sweep")
+    for name, ids in stopped.items():
+        if ids:
+            console.print(f"cancelled ({name}): {', '.join(ids)}")
     return 0
 
 
@@ -328,6 +322,13 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_cli(args: argparse.Namespace) -> int:
+    from launch.bench_cli import bench_cli
+
+    bench_cli(repeats=args.repeats, seeds=args.seeds, out_json=args.json, console=console)
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -392,8 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sweep_run)
     s = sweep.add_parser("status", help="per-cell state (joined with Slurm's view) and counts per stage")
     s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.add_argument("--only", nargs="+", metavar="STATE",
+                   choices=["finished", "running", "interrupted", "failed", "pending"],
+                   help="list only cells in these states (the counts always cover every cell)")
+    s.add_argument("--limit", type=int, default=200, help="list at most this many cells (default 200; 0 = all)")
     s.set_defaults(func=cmd_sweep_status)
-    s = sweep.add_parser("cancel", help="scancel every Slurm array of the sweep")
+    s = sweep.add_parser("cancel", help="stop every cell of the sweep (scancel its Slurm arrays, stop local cells)")
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.set_defaults(func=cmd_sweep_cancel)
     s = sweep.add_parser("sync", help="upload every cell's offline W&B runs (wandb sync), once back online")
@@ -437,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-submit", action="store_true", help="only plan (no Slurm needed)")
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_sweep)
+
+    s = bench.add_parser("cli", help="login-node commands (help, sweep plan/status/cancel) vs `import torch`",
+                         description="Times `mkf --help`, `mkf sweep plan` and `mkf sweep status` of a "
+                                     "10,000-cell sweep, each a fresh process, as ratios to `python -c 'import "
+                                     "torch'` on this machine, and says whether each imported torch.")
+    s.add_argument("--repeats", type=int, default=3, help="cold runs per command; the median is reported")
+    s.add_argument("--seeds", type=int, default=55, help="seeds of the benchmark sweep (182 cells each)")
+    s.add_argument("--json", help="also write the figures to this JSON file")
+    s.set_defaults(func=cmd_bench_cli)
 
     from launch import data_cli, filters_cli
 

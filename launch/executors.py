@@ -1,18 +1,20 @@
-"""Executors run a sweep's cells. They share one small interface, so the sweep logic never knows which runs it.
+"""Executors run a sweep's cells. They share one small interface (``launch.executor_base``), so the sweep logic
+never knows which runs it: :func:`executor_class` looks one up by name, importing it only then.
 
 ``LocalExecutor`` runs each cell as its own ``mkf train`` process on this machine, a few at a time, in
-dependency order. A Slurm executor (the cluster issue) implements the same ``run``.
+dependency order. ``launch.slurm_executor.SlurmExecutor`` submits job arrays.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -24,28 +26,32 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from launch.cell_state import cell_state, log_path
-from launch.sweep import Cell, SweepPlan
+from datamodules.errors import UserError
+from launch.cell_state import _alive, cell_state, log_path
+from launch.executor_base import Executor, ExecutorView, SweepOutcome
+
+if TYPE_CHECKING:
+    from launch.sweep import Cell, SweepPlan
+
+# name -> "module:class"; imported on first use, so a local run never loads Slurm code and vice versa
+EXECUTORS: dict[str, str] = {"local": "launch.executors:LocalExecutor", "slurm": "launch.slurm_executor:SlurmExecutor"}
 
 
-@dataclass
-class SweepOutcome:
-    """Final state of every cell an executor was asked to run."""
-
-    states: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def failed(self) -> list[str]:
-        return [cid for cid, s in self.states.items() if s != "finished"]
+def executor_class(name: str) -> type[Executor]:
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}; available: {', '.join(EXECUTORS)}")
+    module, cls = EXECUTORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
-class Executor(ABC):
-    """Runs cells whose dependencies are finished or among the same call, and reports their outcome."""
-
-    name: str = "base"
-
-    @abstractmethod
-    def run(self, plan: SweepPlan, cells: Sequence[Cell]) -> SweepOutcome: ...
+def executors_used(plan: SweepPlan) -> list[Executor]:
+    """Every executor that ran cells of this sweep (a sweep may have been run locally and on Slurm)."""
+    used = []
+    for name in EXECUTORS:
+        cls = executor_class(name)
+        if cls.used_by(plan):
+            used.append(cls.from_options({}))
+    return used
 
 
 def threads_per_cell(slots: int, cpus: int | None = None) -> int:
@@ -63,6 +69,36 @@ class LocalExecutor(Executor):
         self.slots = max(1, slots)
         self.console = console or Console(stderr=True)
         self.show_progress = progress
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> LocalExecutor:
+        return cls(slots=int(options.get("slots") or 1), progress=bool(options.get("progress", True)))
+
+    @classmethod
+    def used_by(cls, plan: SweepPlan) -> bool:
+        return (plan.output_dir / "logs").is_dir()
+
+    def _running_pids(self, plan: SweepPlan) -> dict[str, int]:
+        pids = {}
+        for cell in plan.cells:
+            try:
+                pid = int(log_path(plan, cell, ".pid").read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if _alive(pid):
+                pids[cell.id] = pid
+        return pids
+
+    def status(self, plan: SweepPlan) -> ExecutorView:
+        pids = self._running_pids(plan)
+        return ExecutorView(["pid"], {cid: [str(pid)] for cid, pid in pids.items()}, set(pids))
+
+    def cancel(self, plan: SweepPlan) -> list[str]:
+        """SIGTERM every cell process this machine runs for the sweep (they checkpoint at the next batch)."""
+        pids = self._running_pids(plan)
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        return [str(p) for p in pids.values()]
 
     def _env(self) -> dict[str, str]:
         threads = str(threads_per_cell(self.slots))
@@ -136,12 +172,3 @@ class LocalExecutor(Executor):
                     self._finish(plan, cell, -15)
                 raise
         return outcome
-
-
-def _slurm_executor(**kwargs: object) -> Executor:
-    from launch.slurm_executor import SlurmExecutor  # imported lazily: local runs need no Slurm code
-
-    return SlurmExecutor(**kwargs)  # type: ignore[arg-type]
-
-
-EXECUTORS: dict[str, object] = {"local": LocalExecutor, "slurm": _slurm_executor}

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,12 +23,10 @@ from typing import Any
 from rich.console import Console
 
 from datamodules.errors import UserError
-from launch.executors import Executor, SweepOutcome
+from launch.executor_base import Executor, ExecutorView, SweepOutcome
 from launch.slurm_profiles import SlurmProfile, load_profiles, pick_profile, profile_for_stage
 from launch.sweep import STAGES, Cell, SweepPlan
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "slurm" / "templates" / "cell_array.sbatch"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                  "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
 
@@ -107,6 +106,61 @@ def _expand_tasks(spec: str) -> list[int]:
 
 
 @dataclass
+class ClusterLimits:
+    """What one user may submit: tasks per array (``MaxArraySize - 1``) and jobs in the queue (``MaxSubmitJobs``)."""
+
+    max_array_tasks: int = 1000  # Slurm's default MaxArraySize=1001 allows indices 0..1000
+    max_submit_jobs: int | None = None  # None: no cap known
+    queued: int = 0  # this user's jobs (array tasks count one each) already in the queue
+    source: str = "defaults"
+
+    @property
+    def budget(self) -> int | None:
+        return None if self.max_submit_jobs is None else max(0, self.max_submit_jobs - self.queued)
+
+
+def _max_array_size() -> int | None:
+    proc = run_slurm(["scontrol", "show", "config"], check=False)
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.M)
+    return int(match.group(1)) if match else None
+
+
+def _sacctmgr_max_submit(user: str, qos: str | None) -> int | None:
+    """The smallest MaxSubmitJobs of the user's associations and QOS (MaxSubmitJobsPerUser); None if unknown."""
+    caps: list[int] = []
+    queries = [["sacctmgr", "-nP", "show", "assoc", f"user={user}", "format=MaxSubmitJobs"],
+               ["sacctmgr", "-nP", "show", "qos", *([f"name={qos}"] if qos else ["normal"]),
+                "format=MaxSubmitJobsPerUser"]]
+    for cmd in queries:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=slurm_env(), timeout=30)
+        except (FileNotFoundError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:  # no slurmdbd (accounting_storage/none): no limits to read
+            continue
+        caps += [int(v) for v in proc.stdout.split() if v.strip().isdigit()]
+    return min(caps) if caps else None
+
+
+def read_limits(profile: SlurmProfile) -> ClusterLimits:
+    """The cluster's array size limit and the user's job cap (sacctmgr, else the profile's max_submit_jobs)."""
+    limits = ClusterLimits()
+    size = _max_array_size()
+    if size is not None:
+        limits.max_array_tasks, limits.source = max(1, size - 1), "scontrol show config"
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or ""
+    cap = _sacctmgr_max_submit(user, profile.qos) if user else None
+    if cap is not None:
+        limits.max_submit_jobs, limits.source = cap, limits.source + " + sacctmgr"
+    elif profile.max_submit_jobs is not None:
+        limits.max_submit_jobs, limits.source = profile.max_submit_jobs, limits.source + " + profile max_submit_jobs"
+    if limits.max_submit_jobs is not None:
+        queued = run_slurm(["squeue", "-h", "-r", "-o", "%i", *(["-u", user] if user else [])], check=False)
+        limits.queued = len(queued.stdout.split())
+    return limits
+
+
+@dataclass
 class JobBook:
     """``OUTPUT/slurm/jobs.json``: the array task that runs (or ran) each cell."""
 
@@ -140,29 +194,39 @@ class ArraySubmission:
     script: Path
     cells_file: Path
     after: list[str] = field(default_factory=list)  # job ids this array waits for (afterok)
+    extra: list[str] = field(default_factory=list)  # more sbatch options (e.g. --hold)
     job_id: str | None = None
 
     def command(self, sweep: str, log_dir: Path) -> list[str]:
         array = f"0-{len(self.cells) - 1}" + (f"%{self.profile.array_throttle}" if self.profile.array_throttle else "")
         cmd = ["sbatch", "--parsable", f"--job-name=mkf-{_comment_safe(sweep)}-{self.stage}", f"--array={array}",
-               f"--output={log_dir / '%A_%a.out'}", "--open-mode=append", *self.profile.sbatch_options()]
+               f"--output={log_dir.absolute() / '%A_%a.out'}", "--open-mode=append", f"--chdir={Path.cwd()}",
+               *self.profile.sbatch_options()]
         if self.after:
             cmd += [f"--dependency=afterok:{':'.join(self.after)}", "--kill-on-invalid-dep=yes"]
-        return [*cmd, str(self.script)]
+        return [*cmd, *self.extra, str(self.script)]
 
 
 def render_script(plan: SweepPlan, sub: ArraySubmission) -> str:
     """The array's batch script; every value that came from a config is shell-quoted."""
     p = sub.profile
     env = {"WANDB_MODE": p.wandb_mode, **p.env}
-    return _ScriptTemplate(TEMPLATE.read_text()).substitute(
+    return _ScriptTemplate(read_template()).substitute(
         sweep=_comment_safe(plan.name), stage=sub.stage, profile=_comment_safe(sub.profile_name),
-        cells_file=shlex.quote(str(sub.cells_file)),
-        setup="\n".join([f"cd {shlex.quote(str(REPO_ROOT))}", *p.setup]),
+        cells_file=shlex.quote(str(sub.cells_file.absolute())),
+        setup="\n".join(p.setup),
         env="\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items() if re.match(r"^[A-Z_][A-Z0-9_]*$", k)),
-        max_restarts=int(p.max_restarts), python=shlex.quote(p.python), nodes=int(p.nodes), devices=int(p.devices),
-        accelerator=shlex.quote(p.accelerator),
+        max_restarts=int(p.max_restarts), python=shlex.quote(p.python or sys.executable), nodes=int(p.nodes),
+        devices=int(p.devices), accelerator=shlex.quote(p.accelerator),
+        checkpoint_every_s=int(p.checkpoint_every_min * 60), preempt_check_steps=int(p.preempt_check_steps),
     )
+
+
+def read_template() -> str:
+    """The batch script template, shipped as package data (works from a checkout and from `pip install .`)."""
+    from importlib.resources import files
+
+    return files("slurm").joinpath("templates", "cell_array.sbatch").read_text()
 
 
 class SlurmExecutor(Executor):
@@ -171,13 +235,42 @@ class SlurmExecutor(Executor):
     name = "slurm"
 
     def __init__(self, profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False,
-                 sweep_slurm: dict[str, Any] | None = None, console: Console | None = None, **_: Any) -> None:
+                 sweep_slurm: dict[str, Any] | None = None, console: Console | None = None, hold: bool = False,
+                 limits: ClusterLimits | None = None, **_: Any) -> None:
         self.profiles = load_profiles(profiles_file)
         self.default_profile = profile
         self.dry_run = dry_run
         self.sweep_slurm = sweep_slurm or {}
         self.console = console or Console()
         self.sbatch_calls = 0
+        self.hold = hold  # submit held (`--hold`): Slurm accepts and queues the arrays, runs nothing
+        self.limits: ClusterLimits | None = limits  # None: read from the cluster when submitting
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> SlurmExecutor:
+        return cls(profile=options.get("profile"), profiles_file=options.get("profiles_file"),
+                   dry_run=bool(options.get("dry_run")), sweep_slurm=options.get("sweep_slurm"),
+                   hold=bool(options.get("hold")))
+
+    @classmethod
+    def used_by(cls, plan: SweepPlan) -> bool:
+        return (plan.output_dir / "slurm" / "jobs.json").is_file()
+
+    def status(self, plan: SweepPlan) -> ExecutorView:
+        """Slurm's view of every cell it was given: job id, state, Slurm's restart count, elapsed time."""
+        book = JobBook.load(plan.output_dir)
+        jobs = query_jobs([e["job_id"] for e in book.cells.values()]) if book.cells else {}
+        view = ExecutorView(["job", "slurm", "requeues", "elapsed"])
+        for cid, entry in book.cells.items():
+            job = jobs.get(entry.get("job_id", ""))
+            view.rows[cid] = [entry.get("job_id", ""), job.state if job else "gone",
+                              str(job.restarts) if job else "", job.elapsed if job else ""]
+            if job is not None and job.state == "RUNNING":
+                view.running.add(cid)
+        return view
+
+    def cancel(self, plan: SweepPlan) -> list[str]:
+        return cancel_sweep(plan)
 
     def cells_to_submit(self, plan: SweepPlan, cells: Sequence[Cell]) -> tuple[list[Cell], dict[str, str]]:
         """Unfinished cells minus those Slurm is already running or queueing; also their active job ids."""
@@ -188,47 +281,76 @@ class SlurmExecutor(Executor):
                   if c.id in known and known[c.id] in jobs and jobs[known[c.id]].state in ACTIVE_STATES}
         return [c for c in cells if c.id not in active], active
 
-    def plan_arrays(self, plan: SweepPlan, cells: Sequence[Cell], active: dict[str, str]) -> list[ArraySubmission]:
+    def plan_arrays(self, plan: SweepPlan, cells: Sequence[Cell], active: dict[str, str],
+                    max_array_tasks: int = 1000) -> list[ArraySubmission]:
+        """One array per (stage, profile), split into arrays of at most ``max_array_tasks`` cells (MaxArraySize)."""
         slurm_dir = plan.output_dir / "slurm"
         groups: dict[tuple[str, str], list[Cell]] = {}
         for cell in cells:
             name = profile_for_stage(self.sweep_slurm, cell.stage, self.default_profile)
             groups.setdefault((cell.stage, name), []).append(cell)
         subs = []
+        stamp = int(time.time() * 1000)
         for stage in STAGES:
             for (s, name), group in groups.items():
                 if s != stage:
                     continue
                 profile = pick_profile(self.profiles, name, f"stage {stage}")
-                tag = f"{stage}-{_comment_safe(name)}-{int(time.time() * 1000)}"
-                subs.append(ArraySubmission(stage, name, profile, group, slurm_dir / f"{tag}.sbatch",
-                                            slurm_dir / f"{tag}.cells"))
+                for part, start in enumerate(range(0, len(group), max_array_tasks)):
+                    tag = f"{stage}-{_comment_safe(name)}-{stamp}-{part}"
+                    subs.append(ArraySubmission(stage, name, profile, group[start:start + max_array_tasks],
+                                                slurm_dir / f"{tag}.sbatch", slurm_dir / f"{tag}.cells"))
         return subs
+
+    def _limits(self, cells: Sequence[Cell]) -> ClusterLimits:
+        if self.limits is None:
+            name = profile_for_stage(self.sweep_slurm, cells[0].stage if cells else "base", self.default_profile)
+            profile = pick_profile(self.profiles, name, "limits")
+            self.limits = ClusterLimits(max_submit_jobs=profile.max_submit_jobs) if self.dry_run else read_limits(profile)
+        return self.limits
 
     def run(self, plan: SweepPlan, cells: Sequence[Cell]) -> SweepOutcome:
         todo, active = self.cells_to_submit(plan, cells)
         outcome = SweepOutcome({cid: "submitted" for cid in active})
         for cid in active:
             self.console.print(f"left alone: {plan.by_id()[cid].label} is already queued/running as {active[cid]}")
-        subs = self.plan_arrays(plan, todo, active)
+        limits = self._limits(todo)
+        subs = self.plan_arrays(plan, todo, active, limits.max_array_tasks)
+        budget = limits.budget
+        unfinished = {c.id for c in todo}
         book = JobBook.load(plan.output_dir)
         log_dir = plan.output_dir / "slurm" / "logs"
         base_jobs: dict[str, str] = {}  # cell id -> array job id (or active task id) that trains it
         base_jobs.update({cid: jid.split("_")[0] for cid, jid in active.items()})
         for sub in subs:
+            # a cell whose dependency is neither finished nor queued waits for a later `mkf sweep run`
+            ready = [c for c in sub.cells if all(d in base_jobs or d not in unfinished for d in c.depends_on)]
+            if budget is not None:
+                ready = ready[:budget]
+            ready_ids = {c.id for c in ready}
+            for cell in sub.cells:
+                if cell.id not in ready_ids:
+                    outcome.states[cell.id] = "deferred"
+            if not ready:
+                continue
+            sub.cells = ready
+            if budget is not None:
+                budget -= len(ready)
             deps = {base_jobs[d] for c in sub.cells for d in c.depends_on if d in base_jobs}
             sub.after = sorted(deps)
+            if self.hold:
+                sub.extra.append("--hold")
             if not self.dry_run:
                 sub.script.parent.mkdir(parents=True, exist_ok=True)
                 log_dir.mkdir(parents=True, exist_ok=True)
-                sub.cells_file.write_text("".join(f"{c.id} {c.config_path}\n" for c in sub.cells))
+                sub.cells_file.write_text("".join(f"{c.id} {Path(c.config_path).absolute()}\n" for c in sub.cells))
                 sub.script.write_text(render_script(plan, sub))
             cmd = sub.command(plan.name, log_dir)
             if self.dry_run:
                 self.console.print(f"[bold]# {sub.stage} array, profile {sub.profile_name}: {len(sub.cells)} cells")
                 self.console.print(render_script(plan, sub), markup=False, highlight=False, soft_wrap=True)
                 self.console.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
-                job_id = f"<{sub.stage}-{sub.profile_name}>"
+                job_id = f"<{sub.script.stem}>"
             else:
                 job_id = run_slurm(cmd).stdout.strip().split(";")[0]
                 self.sbatch_calls += 1
@@ -241,6 +363,11 @@ class SlurmExecutor(Executor):
             for cell in sub.cells:
                 base_jobs[cell.id] = job_id
                 outcome.states[cell.id] = "submitted"
+        deferred = sum(s == "deferred" for s in outcome.states.values())
+        if deferred:
+            cap = f"job cap {limits.max_submit_jobs} ({limits.source}), {limits.queued} already queued"
+            self.console.print(f"{deferred} cells not submitted yet ({cap}, or their base cell is not queued); "
+                               "run the same `mkf sweep run` again later to top up")
         return outcome
 
 

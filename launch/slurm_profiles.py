@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from configs import config_path
 from datamodules.errors import UserError
 from pipeline.config import from_dict, load_yaml
 
-DEFAULT_PROFILES = Path(__file__).resolve().parents[1] / "configs" / "profiles.yaml"
+DEFAULT_PROFILES = config_path("profiles.yaml")  # package data (importlib.resources), not a checkout path
 # values that end up as sbatch arguments: no spaces, quotes or shell metacharacters
 _SAFE = re.compile(r"^[A-Za-z0-9_.:,=@%+/\-\[\]]+$")
 
@@ -33,9 +34,12 @@ class SlurmProfile:
     extra_sbatch: list[str] = field(default_factory=list)  # more sbatch options, e.g. ["--exclusive"]
     setup: list[str] = field(default_factory=list)  # shell lines run first on the node: module load, venv...
     env: dict[str, str] = field(default_factory=dict)  # exported before training
-    python: str = "python"  # the interpreter on compute nodes (after setup)
+    python: str | None = None  # the interpreter on compute nodes (after setup); default: the one running `mkf`
     signal_grace_s: int = 120  # USR1 this long before the time limit: checkpoint + requeue
-    max_restarts: int = 3  # a cell requeued more often than this is marked failed
+    max_restarts: int = 3  # a cell that *failed* more often than this is marked failed (preemptions never count)
+    checkpoint_every_min: float = 30  # time-based last.ckpt: a KILL without warning loses at most this (0 = off)
+    preempt_check_steps: int = 5  # multi-rank cells agree on a preemption every N batches (one all-reduce)
+    max_submit_jobs: int | None = None  # job cap per user when sacctmgr cannot tell (QOS/association MaxSubmitJobs)
     array_throttle: int | None = None  # run at most this many tasks of an array at once (--array=...%N)
     wandb_mode: str = "offline"  # compute nodes often have no internet; `mkf sweep sync` uploads later
 
@@ -70,6 +74,10 @@ def _check(name: str, profile: SlurmProfile) -> None:
             raise UserError(f"profile {name}: extra_sbatch {opt!r} must be one --option=value without spaces")
     if profile.nodes < 1 or profile.gpus_per_node < 0 or profile.max_restarts < 0:
         raise UserError(f"profile {name}: nodes >= 1, gpus_per_node >= 0 and max_restarts >= 0 are required")
+    if profile.checkpoint_every_min < 0 or profile.preempt_check_steps < 1:
+        raise UserError(f"profile {name}: checkpoint_every_min >= 0 and preempt_check_steps >= 1 are required")
+    if profile.max_submit_jobs is not None and profile.max_submit_jobs < 1:
+        raise UserError(f"profile {name}: max_submit_jobs must be >= 1 (or absent)")
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, SlurmProfile]:

@@ -1,25 +1,34 @@
-"""What `mkf train` does differently inside a Slurm job step: requeue on USR1, cap restarts, wire the ranks.
+"""What `mkf train` does inside a Slurm job step: preemption (USR1 and TERM), periodic checkpoints, the restart
+policy, and the ranks' wiring.
 
 Lightning's SLURMEnvironment reads ranks and the master address from Slurm's variables; its own auto-requeue
-is turned off because it checkpoints inside the signal handler (possibly mid-step). Ours checkpoints at the next
-batch boundary (pipeline.resume.PreemptionHandler) and then calls :func:`requeue_self`.
+is turned off because it checkpoints inside the signal handler (possibly mid-step). Ours checkpoints at a batch
+boundary all ranks agree on (:class:`pipeline.resume.PreemptionHandler`); on USR1 (time limit near) the job
+requeues itself, on TERM (a real preemption, ``scontrol requeue``, a drained node) Slurm requeues it.
+
+Restart policy: every attempt is recorded in the run directory's ``attempts.json``
+(:mod:`pipeline.run_folder`). Preemptions never count against a cell; failures do: a crash, a killed rank, or an
+attempt that ended without recording anything (SIGKILL, node failure). A cell with more than ``max_restarts``
+failures is marked failed instead of training again.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import subprocess
-import time
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-from lightning.pytorch.plugins.environments import SLURMEnvironment
+from pipeline import run_folder
 
-from launch.cell_state import FAILED_FILE
-from pipeline.resume import PreemptionHandler
-from pipeline.train import PREEMPT_CKPT
+if TYPE_CHECKING:
+    import lightning as L
+
+    from pipeline.config import CellConfig
+
+DEFAULT_MAX_RESTARTS = 3
 
 
 def in_slurm_step() -> bool:
@@ -32,26 +41,56 @@ def job_id() -> str:
     return f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
 
 
+def is_rank_zero() -> bool:
+    return os.environ.get("SLURM_PROCID", "0") == "0"
+
+
 def restarts() -> int:
+    """Slurm's own requeue count of this job (preemptions included)."""
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 def max_restarts() -> int:
-    return int(os.environ.get("MKF_MAX_RESTARTS") or 3)
+    return int(os.environ.get("MKF_MAX_RESTARTS") or DEFAULT_MAX_RESTARTS)
+
+
+def checkpoint_interval() -> timedelta | None:
+    """The profile's periodic checkpoint (``checkpoint_every_min``): a hard kill loses at most this much."""
+    seconds = float(os.environ.get("MKF_CHECKPOINT_EVERY_S") or 0)
+    return timedelta(seconds=seconds) if seconds > 0 else None
+
+
+def preempt_check_steps() -> int:
+    return int(os.environ.get("MKF_PREEMPT_CHECK_STEPS") or 1)
 
 
 def mark_failed(run_dir: Path, reason: str) -> None:
     """Record why a cell gave up, so `mkf sweep status` says 'failed' and a re-run resubmits it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FAILED_FILE).write_text(json.dumps({"reason": reason, "job": job_id(), "restarts": restarts(),
-                                                   "time": time.time()}) + "\n")
+    run_folder.mark_failed(run_dir, reason, job=job_id(), slurm_restarts=restarts())
+
+
+def _details() -> dict[str, Any]:
+    return {"job": job_id(), "slurm_restart": restarts(), "node": os.environ.get("SLURMD_NODENAME", "")}
+
+
+def begin_attempt(run_dir: Path) -> str | None:
+    """Account for the previous attempt and start this one; returns why the cell must not train, else None.
+
+    Rank 0 only. An attempt still open (``started`` with no outcome) ended without a word: killed hard or
+    crashed outside Python, so it counts as a failure.
+    """
+    if run_folder.last_open_attempt(run_dir) is not None:
+        run_folder.record_attempt(run_dir, "failed", reason="ended without recording an outcome (killed or crashed)",
+                                  **_details())
+    failures = run_folder.read_attempts(run_dir)["failures"]
+    if failures > max_restarts():
+        return f"failed {failures} times, limit max_restarts={max_restarts()} (preemptions are not counted)"
+    run_folder.record_attempt(run_dir, "started", **_details())
+    return None
 
 
 def make_requeue(run_dir: Path) -> Any:
     def requeue() -> bool:
-        if restarts() >= max_restarts():
-            mark_failed(run_dir, f"preempted after {restarts()} restarts (limit {max_restarts()}); not requeued")
-            return False
         return subprocess.run(["scontrol", "requeue", job_id()], capture_output=True).returncode == 0
 
     return requeue
@@ -59,5 +98,57 @@ def make_requeue(run_dir: Path) -> Any:
 
 def slurm_extras(run_dir: Path) -> tuple[list[L.Callback], list[Any]]:
     """Callbacks and plugins for a training step inside Slurm."""
-    handler = PreemptionHandler(run_dir / "checkpoints" / PREEMPT_CKPT, requeue=make_requeue(run_dir))
-    return [handler], [SLURMEnvironment(auto_requeue=False)]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from pipeline.resume import PreemptionHandler
+
+    ckpt_dir = run_dir / run_folder.CHECKPOINT_DIR
+    callbacks: list[L.Callback] = [PreemptionHandler(ckpt_dir / run_folder.PREEMPT_CKPT, requeue=make_requeue(run_dir),
+                                                     check_every_n_steps=preempt_check_steps())]
+    interval = checkpoint_interval()
+    if interval is not None:  # time-based last.ckpt, so even a KILL without warning loses at most `interval`
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, train_time_interval=interval,
+                                         enable_version_counter=False))
+    return callbacks, [SLURMEnvironment(auto_requeue=False)]
+
+
+def train_in_slurm(cfg: CellConfig, report: Any = print) -> int:
+    """Train one cell inside a Slurm step under the restart policy; returns the process exit code."""
+    from datamodules.errors import UserError
+    from pipeline.resume import Preempted
+    from pipeline.train import train_cell
+
+    run_dir = Path(cfg.run_dir)
+    if run_folder.read_result(run_dir) is not None:
+        return 0
+    if is_rank_zero():
+        refusal = begin_attempt(run_dir)
+        if refusal:
+            mark_failed(run_dir, refusal)
+            report(f"mkf: {run_dir}: {refusal}; cell marked failed")
+            return 1
+    callbacks, plugins = slurm_extras(run_dir)
+    handler = callbacks[0]
+    try:
+        train_cell(cfg, callbacks=callbacks, plugins=plugins)
+    except Preempted as exc:
+        signame = signal.Signals(handler.signum).name if handler.signum else "signal"  # type: ignore[attr-defined]
+        if is_rank_zero():
+            run_folder.record_attempt(run_dir, "preempted", signal=signame, **_details())
+        requeued = handler.requeued  # type: ignore[attr-defined]
+        report(f"mkf: {exc}; " + ("requeued" if requeued else "left to Slurm to requeue" if signame == "SIGTERM"
+                                  else "not requeued"))
+        return 0
+    except UserError as exc:  # bad input fails the same way every time: no retry
+        if is_rank_zero():
+            run_folder.record_attempt(run_dir, "failed", reason=str(exc), **_details())
+            mark_failed(run_dir, str(exc))
+        raise
+    except BaseException as exc:
+        if is_rank_zero():
+            run_folder.record_attempt(run_dir, "failed", reason=f"{type(exc).__name__}: {exc}"[:500], **_details())
+        raise
+    if is_rank_zero():
+        run_folder.record_attempt(run_dir, "finished", **_details())
+    return 0

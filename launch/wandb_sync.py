@@ -6,18 +6,19 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from launch.sweep import SweepPlan
-from pipeline.config import load_cell_config
-from pipeline.train import wandb_mode
+from pipeline.run_folder import offline_wandb_runs
+
+if TYPE_CHECKING:
+    from launch.sweep import SweepPlan
 
 
 def offline_runs(plan: SweepPlan) -> list[Path]:
     """Every cell's offline run directory (one per cell: restarts continue the same run id), and the report's."""
-    cells = [p for c in plan.cells for p in Path(c.run_dir).glob("wandb/offline-run-*") if p.is_dir()]
+    cells = [p for c in plan.cells for p in offline_wandb_runs(c.run_dir)]
     return sorted(cells + [p for p in plan.output_dir.glob("wandb/offline-run-*") if p.is_dir()])
 
 
@@ -44,6 +45,9 @@ def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: s
     The report run joins the sweep's group (job_type "report"), so the figure sits beside the cells' runs; a
     partial report logged again while the sweep runs adds a step to the same run id (the curve fills in).
     """
+    from pipeline.config import load_cell_config
+    from pipeline.train import wandb_mode
+
     configs = sorted(sweep_dir.glob("cells/*/config.yaml"))
     if not configs:
         return None

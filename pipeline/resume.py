@@ -102,32 +102,61 @@ class Preempted(Exception):
 
 
 class PreemptionHandler(L.Callback):
-    """On ``signum`` (Slurm sends USR1 before the time limit): checkpoint at the next batch boundary, requeue, stop.
+    """On a preemption signal: checkpoint at a batch boundary every rank agrees on, requeue if asked, stop.
 
-    The signal handler only sets a flag; the checkpoint is written between steps (never mid-update), and ranks
-    agree on stopping at the same step through one boolean all-reduce per step, so no rank waits forever.
+    Two signals mean "you are being preempted": USR1, which Slurm sends ``--signal=USR1@grace`` seconds before the
+    time limit (the job must requeue itself: ``requeue`` is called), and TERM, which a real preemption
+    (``PreemptMode=REQUEUE``), ``scontrol requeue`` or a drained node sends before KILL (Slurm requeues the job
+    itself, so ``requeue`` is not called). The signal handler only records the signal; the checkpoint is written
+    between steps (never mid-update). Ranks agree on the stopping step through one boolean all-reduce every
+    ``check_every_n_steps`` batches (every batch when there is a single rank, where the check costs nothing):
+    on GPUs a per-step collective would stall the pipeline, and the grace time is far longer than N steps.
     """
 
-    def __init__(self, checkpoint_path: Path, requeue: Callable[[], bool], signum: int = signal.SIGUSR1) -> None:
+    def __init__(self, checkpoint_path: Path, requeue: Callable[[], bool],
+                 signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM), requeue_on: tuple[int, ...] = (
+                     signal.SIGUSR1,), check_every_n_steps: int = 1) -> None:
         self.checkpoint_path = checkpoint_path
         self.requeue = requeue
-        self.signum = signum
-        self.signalled = False
+        self.signals = signals
+        self.requeue_on = requeue_on
+        self.check_every_n_steps = max(1, check_every_n_steps)
+        self.signum: int | None = None  # the first preemption signal received
         self.preempted = False
         self.requeued = False
+        self._batches = 0
+
+    @property
+    def signalled(self) -> bool:
+        return self.signum is not None
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        self.signalled = True
+        if self.signum is None:
+            self.signum = signum
+
+    def _install(self) -> None:
+        for signum in self.signals:
+            signal.signal(signum, self._on_signal)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        signal.signal(self.signum, self._on_signal)
+        self._install()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning installs its own SIGTERM handler after `setup` (it broadcasts from inside the handler and
+        # stops at the end of the same batch, on each rank separately); ours replaces it for the fit
+        self._install()
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self._batches += 1
+        if trainer.world_size > 1 and self._batches % self.check_every_n_steps:
+            return
         if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
             return
         trainer.save_checkpoint(self.checkpoint_path)
         self.preempted = True
-        if trainer.is_global_zero:
+        signum = self.signum if self.signum is not None else signal.SIGUSR1  # a rank that got no signal itself
+        if trainer.is_global_zero and signum in self.requeue_on:
             self.requeued = self.requeue()
+        name = signal.Signals(signum).name
         # raise rather than should_stop: no validation or epoch-end checkpoint may follow the preemption point
-        raise Preempted(f"checkpointed at step {trainer.global_step} on signal {self.signum}")
+        raise Preempted(f"checkpointed at step {trainer.global_step} on {name}")

@@ -34,24 +34,9 @@ from datamodules.errors import UserError
 from pipeline.classifier import OPTIMIZERS, ImageClassifier
 from pipeline.config import CellConfig, WandbConfig, dump_yaml, to_dict
 from pipeline.resume import AtomicCheckpointIO, TrainingState, newest_valid_checkpoint
+from pipeline.run_folder import LAST_CKPT, PREEMPT_CKPT, RESULT_FILE, read_result  # noqa: F401  (torch-free home)
 from pipeline.transfer import TransferSpec
 from pipeline.weights import WEIGHTS_FILE, save_weights
-
-RESULT_FILE = "result.json"
-LAST_CKPT = "last.ckpt"
-PREEMPT_CKPT = "preempt.ckpt"  # written at a batch boundary when the scheduler warns of preemption
-
-
-
-
-def read_result(run_dir: str | Path) -> dict[str, Any] | None:
-    """The cell's result if it finished (a valid result.json with status 'finished'), else None."""
-    path = Path(run_dir) / RESULT_FILE
-    try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return result if isinstance(result, dict) and result.get("status") == "finished" else None
 
 
 def build_datamodule_for(cfg: CellConfig) -> SplitDataModule:

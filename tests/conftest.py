@@ -36,6 +36,13 @@ def fashion_root() -> Path:
         pytest.skip(f"Fashion-MNIST not installed ({exc}); `make test` installs it as root")
 
 
+@pytest.fixture(scope="session")
+def ffcv_installed() -> None:
+    """FFCV present, else a skip at setup time (a module-level importorskip would be a collection skip, which
+    escapes the CI rule above: a missing FFCV must fail CI)."""
+    pytest.importorskip("ffcv", reason="FFCV is not installed (pip install '.[ffcv]'); `make test` installs it")
+
+
 def cell_config(run_dir: Path, **sections: dict[str, Any]) -> CellConfig:
     """A cell that trains in a few seconds on CPU: convnext_demo, 512 Fashion-MNIST images, one epoch."""
     base: dict[str, Any] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from datamodules import build_datamodule
 from datamodules.shard_verify import verify_dataset
 from datamodules.shard_writer import WriteOptions, write_dataset
 
-ffcv = pytest.importorskip("ffcv", reason="FFCV is not installed (pip install '.[ffcv]'); CI installs it")
+pytestmark = pytest.mark.usefixtures("ffcv_installed")
 
 
 def test_ffcv_write_read_split_and_exact_val_indices(tmp_path: Path) -> None:
@@ -35,7 +36,15 @@ def test_ffcv_write_read_split_and_exact_val_indices(tmp_path: Path) -> None:
     assert xn.dtype == torch.float32
     val = [int(v) for batch in dm.val_dataloader() for v in dm.on_before_batch_transfer(batch, 0)[1]]
     assert sorted(val) == [0, 0, 0, 1, 1, 1]
-    # under DDP each rank reads indices[rank::world]: disjoint and complete, no padding
-    all_val = dm.indices["val"]
-    assert sorted([*all_val[0::2], *all_val[1::2]]) == sorted(all_val)
+    # under DDP each rank reads its own val images: together every image exactly once, no padding
+    def val_images(rank: int, world: int) -> list[bytes]:
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0,  # type: ignore[assignment]
+                                     strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        batches = [dm.on_before_batch_transfer(batch, 0)[0] for batch in dm.val_dataloader()]
+        return [img.numpy().tobytes() for x in batches for img in x]
+
+    everything, rank0, rank1 = val_images(0, 1), val_images(0, 2), val_images(1, 2)
+    assert len(everything) == len(set(everything)) == 6
+    assert rank0 and rank1 and not set(rank0) & set(rank1)
+    assert sorted(rank0 + rank1) == sorted(everything)
     assert dm.describe()["loader"] == "ffcv"

@@ -18,7 +18,7 @@ from test_data_writer import photo_tree
 from datamodules import build_datamodule
 from launch.cli import main
 
-ffcv = pytest.importorskip("ffcv", reason="FFCV is not installed (pip install '.[ffcv]'); CI installs it")
+pytestmark = pytest.mark.usefixtures("ffcv_installed")
 
 CLASSES = 26  # one train and one val image per class: the label identifies the sample
 BATCH = 4

@@ -173,23 +173,63 @@ def test_state_dict_roundtrip(k: int) -> None:
         torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
 
 
-def test_checkpoint_filter_maps_official_layout() -> None:
-    """Official repo keys (downsample_layers.*, stages.i.j.*, norm.*, head.*) load into this layout."""
-    model = timm.create_model('hornet_demo', num_classes=10)
+def _upstream_hornet_keys(depths: list[int], base_dim: int, orders: list[int],
+                         num_classes: int = 1000) -> dict[str, tuple[int, ...]]:
+    """Key names and shapes of a checkpoint of the upstream HorNet code (github.com/raoyongming/HorNet, hornet.py).
+
+    Written out from that code, not from ours: ``downsample_layers`` holds the stem (conv, LayerNorm) and three
+    (LayerNorm, conv) downsamplers; ``stages.i.j`` are bare nn.Sequential blocks with ``gamma1``/``gamma2``,
+    ``norm1``, ``gnconv.{proj_in, dwconv, proj_out, pws.k}``, ``norm2``, ``pwconv1``, ``pwconv2``; then ``norm``
+    and ``head`` (an nn.Linear).
+    """
+    dims = [base_dim * 2 ** i for i in range(4)]
+    keys: dict[str, tuple[int, ...]] = {
+        'downsample_layers.0.0.weight': (dims[0], 3, 4, 4), 'downsample_layers.0.0.bias': (dims[0],),
+        'downsample_layers.0.1.weight': (dims[0],), 'downsample_layers.0.1.bias': (dims[0],),
+    }
+    for i in range(1, 4):
+        keys |= {f'downsample_layers.{i}.0.weight': (dims[i - 1],), f'downsample_layers.{i}.0.bias': (dims[i - 1],),
+                 f'downsample_layers.{i}.1.weight': (dims[i], dims[i - 1], 2, 2),
+                 f'downsample_layers.{i}.1.bias': (dims[i],)}
+    for i, (depth, order) in enumerate(zip(depths, orders, strict=True)):
+        dim = dims[i]
+        gn_dims = [dim // 2 ** k for k in range(order)][::-1]
+        for j in range(depth):
+            b = f'stages.{i}.{j}.'
+            keys |= {b + 'gamma1': (dim,), b + 'gamma2': (dim,), b + 'norm1.weight': (dim,), b + 'norm1.bias': (dim,),
+                     b + 'gnconv.proj_in.weight': (2 * dim, dim, 1, 1), b + 'gnconv.proj_in.bias': (2 * dim,),
+                     b + 'gnconv.dwconv.weight': (sum(gn_dims), 1, 7, 7), b + 'gnconv.dwconv.bias': (sum(gn_dims),),
+                     b + 'gnconv.proj_out.weight': (dim, dim, 1, 1), b + 'gnconv.proj_out.bias': (dim,),
+                     b + 'norm2.weight': (dim,), b + 'norm2.bias': (dim,),
+                     b + 'pwconv1.weight': (4 * dim, dim), b + 'pwconv1.bias': (4 * dim,),
+                     b + 'pwconv2.weight': (dim, 4 * dim), b + 'pwconv2.bias': (dim,)}
+            for k in range(order - 1):
+                keys |= {b + f'gnconv.pws.{k}.weight': (gn_dims[k + 1], gn_dims[k], 1, 1),
+                         b + f'gnconv.pws.{k}.bias': (gn_dims[k + 1],)}
+    keys |= {'norm.weight': (dims[3],), 'norm.bias': (dims[3],), 'head.weight': (num_classes, dims[3]),
+             'head.bias': (num_classes,)}
+    return keys
+
+
+@pytest.mark.parametrize('arch, base_dim', [('hornet_tiny_7x7', 64), ('hornet_small_7x7', 96)])
+def test_upstream_checkpoint_loads_strictly(arch: str, base_dim: int) -> None:
+    """An upstream HorNet checkpoint (``{'model': state_dict}``, the official release format) loads strictly into
+    ours after checkpoint_filter_fn, every tensor landing where its upstream name says, and the model gives the
+    upstream network's output (checked on the head: upstream ``head`` is our ``head.fc``)."""
+    upstream = _upstream_hornet_keys([2, 3, 18, 2], base_dim, [2, 3, 4, 5])
+    assert len(upstream) == 560
+    gen = torch.Generator().manual_seed(0)
+    official = {k: torch.randn(shape, generator=gen) for k, shape in upstream.items()}
+    model = timm.create_model(arch)
+    remapped = hornet.checkpoint_filter_fn({'model': official}, model)
+    model.load_state_dict(remapped, strict=True)  # names and shapes must match one to one
     ours = model.state_dict()
-
-    def to_official(key: str) -> str:
-        key = re.sub(r'^stem\.', 'downsample_layers.0.', key)
-        key = re.sub(r'^stages\.(\d+)\.downsample\.', r'downsample_layers.\1.', key)
-        key = re.sub(r'^stages\.(\d+)\.blocks\.(\d+)\.', r'stages.\1.\2.', key)
-        key = re.sub(r'^head\.norm\.', 'norm.', key)
-        return re.sub(r'^head\.fc\.', 'head.', key)
-
-    official = {'model': {to_official(k): v for k, v in ours.items()}}
-    assert 'downsample_layers.3.1.weight' in official['model'] and 'norm.weight' in official['model']
-    remapped = hornet.checkpoint_filter_fn(official, model)
-    assert remapped.keys() == ours.keys()
-    assert all(remapped[k] is ours[k] for k in ours)
+    pairs = {'downsample_layers.0.0.weight': 'stem.0.weight', 'downsample_layers.2.1.weight': 'stages.2.downsample.1.weight',
+             'stages.2.17.gnconv.dwconv.weight': 'stages.2.blocks.17.gnconv.dwconv.weight',
+             'stages.3.1.gnconv.pws.3.bias': 'stages.3.blocks.1.gnconv.pws.3.bias',
+             'norm.weight': 'head.norm.weight', 'head.weight': 'head.fc.weight', 'head.bias': 'head.fc.bias'}
+    for theirs, mine in pairs.items():
+        assert torch.equal(ours[mine], official[theirs]), (theirs, mine)
     assert hornet.checkpoint_filter_fn(ours, model) is ours  # already in this layout: untouched
 
 

@@ -21,9 +21,9 @@ import yaml
 from safetensors.torch import load_file
 
 from launch.cli import main
-from launch.slurm_executor import JobBook, query_jobs
-from launch.sweep import load_sweep, plan_sweep
-from pipeline.train import read_result
+from launch.slurm_executor import JobBook, cancel_sweep, query_jobs
+from launch.sweep import load_sweep, plan_sweep, write_plan
+from pipeline.run_folder import read_attempts, read_result
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.usefixtures("slurm_cluster", "fashion_root"), pytest.mark.slow]
@@ -123,6 +123,7 @@ def all_finished(sweep: Path) -> Callable[[], bool]:
     return check
 
 
+@pytest.mark.timeout(1500)  # more than the 900 s the sweep itself may take, so its own message is what fails
 def test_demo_sweep_runs_on_slurm_base_arrays_before_transfer_arrays(tmp_path: Path) -> None:
     """(a) The demo sweep (24 cells) as two job arrays; every transfer cell starts after its base finished."""
     demo = yaml.safe_load(DEMO.read_text())
@@ -218,30 +219,65 @@ def test_preempted_cell_requeues_resumes_and_matches_an_uninterrupted_run(tmp_pa
             assert SECRET.encode() not in path.read_bytes(), f"API key leaked into {path}"
 
 
-def test_restart_limit_marks_the_cell_failed_instead_of_requeueing(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """A cell preempted more often than max_restarts is failed (not requeued forever); a re-run resubmits it."""
-    profiles = write_profiles(tmp_path, capped={**yaml.safe_load(write_profiles(tmp_path).read_text())["test"],
-                                                "max_restarts": 0})
+def test_real_preemption_sigterm_requeues_resumes_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    """A job of partition `high` preempts the cell (PreemptMode=REQUEUE: SIGTERM, then KILL after KillWait): the
+    cell checkpoints at a batch boundary, Slurm requeues it, it resumes and ends with the uninterrupted weights.
+    Its profile allows no failure (max_restarts 0): a preemption is not one."""
+    base = yaml.safe_load(write_profiles(tmp_path).read_text())["test"]
+    profiles = write_profiles(tmp_path, low={**base, "partition": "low", "max_restarts": 0})
+    sweep = _preemptible_sweep(tmp_path, profile="low")
+    submit(sweep, profiles)
+    plan = plan_sweep(load_sweep(sweep))
+    cell = plan.cells[0]
+    job = cell_job(plan.output_dir, cell.id)
+    wait_for(checkpoint_of(cell, job), 180, "the first checkpoint")
+    # every CPU of both nodes: Slurm must preempt the low-priority cells to start it
+    high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N2", "--ntasks-per-node=1", "--cpus-per-task=1",
+                           "--wrap", "sleep 3", "-o", str(tmp_path / "high.out")], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    wait_for(lambda: job_state(high) in ("RUNNING", "COMPLETING", "COMPLETED", "GONE"), 120, "the high job to start")
+    release_requeued(job)
+    wait_for(all_finished(sweep), 300, "the preempted cell to finish")
+    result = read_result(cell.run_dir)
+    assert result is not None and result["resumed_from"] == "preempt.ckpt"
+    attempts = read_attempts(cell.run_dir)
+    assert attempts["preemptions"] >= 1 and attempts["failures"] == 0, attempts
+    assert any(h.get("signal") == "SIGTERM" for h in attempts["history"]), attempts
+    reference = tmp_path / "reference"
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="offline")
+    subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", cell.config_path, "--run-dir",
+                    str(reference)], cwd=REPO, env=env, check=True, capture_output=True)
+    ref_w, w = load_file(str(reference / "weights.safetensors")), load_file(str(Path(cell.run_dir) / "weights.safetensors"))
+    assert all(torch.equal(ref_w[k], w[k]) for k in ref_w), "resumed weights differ from the uninterrupted run"
+
+
+def test_crash_limit_marks_the_cell_failed_and_status_counts_it(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A cell killed outright (no outcome recorded) counts one failure; with max_restarts 0 the next attempt
+    refuses to train and marks the cell failed; status shows the failure apart from preemptions."""
+    base = yaml.safe_load(write_profiles(tmp_path).read_text())["test"]
+    profiles = write_profiles(tmp_path, capped={**base, "max_restarts": 0})
     sweep = _preemptible_sweep(tmp_path, profile="capped")
     submit(sweep, profiles)
     plan = plan_sweep(load_sweep(sweep))
     cell = plan.cells[0]
     job = cell_job(plan.output_dir, cell.id)
     wait_for(checkpoint_of(cell, job), 180, "the first checkpoint")
-    subprocess.run(["scancel", "--signal=USR1", job], check=True)
-    wait_for(lambda: job_state(job) == "FAILED", 120, "the capped cell to fail")
-    assert query_jobs([job])[job].restarts == 0
-    capsys.readouterr()
-    assert main(["sweep", "status", str(plan.output_dir)]) == 0
-    assert "failed: 1" in capsys.readouterr().out
-    assert (Path(cell.run_dir) / "failed.json").is_file()
-    # a re-run submits only the failed cell; the other base cell is finished or still queued
-    submit(sweep, profiles)
+    os.kill(wait_for(lambda: _rank_pid(job, 0), 30, "rank 0's process"), signal.SIGKILL)
+    wait_for(lambda: job_state(job) in ("FAILED", "CANCELLED"), 90, "the killed job to fail")
+    submit(sweep, profiles)  # a re-run submits the cell again; its attempt finds the open one and refuses
     new_job = cell_job(plan.output_dir, cell.id)
     assert new_job != job
-    wait_for(all_finished(sweep), 300, "the resubmitted cell")
-    assert read_result(cell.run_dir)["resumed_from"] == "preempt.ckpt"  # type: ignore[index]
+    wait_for(lambda: (Path(cell.run_dir) / "failed.json").is_file(), 120, "the cell to be marked failed")
+    wait_for(lambda: job_state(new_job) in ("FAILED", "COMPLETED", "GONE"), 60, "the refused job to end")
+    attempts = read_attempts(cell.run_dir)
+    assert attempts["failures"] == 1 and attempts["preemptions"] == 0, attempts
+    assert read_result(cell.run_dir) is None
+    capsys.readouterr()
+    assert main(["sweep", "status", str(plan.output_dir), "--only", "failed"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if cell.id in line)
+    assert [c.strip() for c in row.split("│")][1:-1][6:9] == ["failed", "0", "1"], row
 
 
 def _rank_pid(job: str, rank: int) -> int | None:
@@ -279,6 +315,7 @@ def test_killed_rank_fails_the_job_quickly_and_a_rerun_resumes(tmp_path: Path) -
     wait_for(all_finished(sweep), 300, "the re-run cell")
     result = read_result(cell.run_dir)
     assert result is not None and result["resumed"] and result["world_size"] == 2
+    assert read_attempts(cell.run_dir)["failures"] == 1  # the killed attempt, counted by the next one
 
 
 def test_hostile_names_are_quoted_and_dry_run_submits_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -318,20 +355,101 @@ def test_rerun_leaves_queued_and_finished_cells_alone(tmp_path: Path, capsys: py
 
 
 def test_cancel_stops_every_array_of_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Base and transfer arrays (the transfer array waits on the base one): cancel stops both."""
     sweep = _preemptible_sweep(tmp_path)
+    raw = yaml.safe_load(sweep.read_text())
+    sweep.write_text(yaml.safe_dump({**raw, "variants": ["AnB"]}))
     submit(sweep, write_profiles(tmp_path))
-    jobs = [e["job_id"] for e in JobBook.load(tmp_path / "out").cells.values()]
+    book = JobBook.load(tmp_path / "out").cells
+    arrays = {e["array"] for e in book.values()}
+    assert len(arrays) == 2, arrays
     assert main(["sweep", "cancel", str(sweep)]) == 0
-    assert "cancelled arrays" in capsys.readouterr().out
-    wait_for(lambda: all(job_state(j) == "CANCELLED" for j in jobs), 60, "the jobs to be cancelled")
+    out = capsys.readouterr().out
+    assert all(a in out for a in arrays), out
+    wait_for(lambda: all(job_state(e["job_id"]) in ("CANCELLED", "GONE") for e in book.values()), 60,
+             "every job of both arrays to be cancelled")
 
 
-def test_bench_sweep_plans_10000_cells_and_submits_one_array_per_stage(capsys: pytest.CaptureFixture[str],
-                                                                      tmp_path: Path) -> None:
+def _big_stage(tmp_path: Path, **profile: Any) -> tuple[Path, Path]:
+    """A sweep whose transfer stage has more cells than the cluster's MaxArraySize (1001) allows in one array."""
+    sweep = write_sweep(tmp_path, depths="all", variants=["AnB", "BnB", "AnB+", "BnB+", "reverse"],
+                        seeds=list(range(45)))
+    base = yaml.safe_load(write_profiles(tmp_path).read_text())["test"]
+    return sweep, write_profiles(tmp_path, big={**base, **profile})
+
+
+def test_stage_over_max_array_size_splits_into_arrays_slurm_accepts(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """MaxArraySize=1001 (Slurm's default): a transfer stage of > 1000 cells becomes several arrays, each after the
+    base arrays of its cells. Submitted held (nothing trains), checked in squeue, then cancelled."""
+    from launch.slurm_executor import SlurmExecutor, read_limits
+
+    sweep, profiles = _big_stage(tmp_path)
+    plan = plan_sweep(load_sweep(sweep))
+    transfer = [c for c in plan.cells if c.stage == "transfer"]
+    assert len(transfer) > 1000
+    limits = read_limits(SlurmExecutor(profiles_file=str(profiles)).profiles["big"])
+    assert limits.max_array_tasks == 1000 and limits.source.startswith("scontrol")
+    capsys.readouterr()
+    assert main(["sweep", "run", str(sweep), "--executor", "slurm", "--profiles", str(profiles), "--profile", "big",
+                 "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    expected_arrays = 1 + -(-len(transfer) // 1000)
+    assert dry.count("sbatch --parsable") == expected_arrays, dry[-2000:]
+    assert "--array=0-999" in dry
+    write_plan(plan)
+    executor = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True)
+    try:
+        outcome = executor.run(plan, plan.cells)
+        assert executor.sbatch_calls == expected_arrays
+        assert set(outcome.states.values()) == {"submitted"}
+        book = JobBook.load(plan.output_dir).cells
+        arrays = sorted({e["array"] for e in book.values()}, key=int)
+        queued = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %r", "-j", ",".join(arrays)], capture_output=True,
+                                text=True, check=True).stdout.split("\n")
+        queued = [line for line in queued if line.strip()]
+        assert len(queued) == len(plan.cells), (len(queued), len(plan.cells))
+        assert all(" PENDING " in line for line in queued)
+        # every transfer array waits on the (single) base array
+        base_array = {e["array"] for e in book.values() if e["stage"] == "base"}.pop()
+        for array in set(arrays) - {base_array}:
+            show = subprocess.run(["scontrol", "show", "job", f"{array}_0"], capture_output=True, text=True).stdout
+            assert f"afterok:{base_array}" in show, show
+    finally:
+        cancel_sweep(plan)
+
+
+def test_job_cap_submits_what_fits_and_a_rerun_tops_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A user capped at N queued jobs (profile max_submit_jobs when sacctmgr has no accounting): the first run
+    submits N cells held, the rest are deferred; a re-run with room left submits the rest."""
+    from launch.slurm_executor import SlurmExecutor
+
+    sweep, profiles = _big_stage(tmp_path, max_submit_jobs=700)
+    plan = plan_sweep(load_sweep(sweep))
+    write_plan(plan)
+    try:
+        first = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True)
+        outcome = first.run(plan, plan.cells)
+        assert sum(s == "submitted" for s in outcome.states.values()) == 700
+        assert sum(s == "deferred" for s in outcome.states.values()) == len(plan.cells) - 700
+        assert len(JobBook.load(plan.output_dir).cells) == 700
+        (tmp_path / "roomy").mkdir()
+        roomy = write_profiles(tmp_path / "roomy",
+                               big={**yaml.safe_load(profiles.read_text())["big"], "max_submit_jobs": 50000})
+        second = SlurmExecutor(profile="big", profiles_file=str(roomy), hold=True)
+        outcome = second.run(plan, plan.cells)
+        assert set(outcome.states.values()) == {"submitted"}
+        assert len(JobBook.load(plan.output_dir).cells) == len(plan.cells)
+    finally:
+        cancel_sweep(plan)
+
+
+def test_bench_sweep_plans_10000_cells_and_submits_arrays_within_max_array_size(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     from launch.bench_sweep import bench_sweep
 
     result = bench_sweep(profiles_file=str(write_profiles(tmp_path)), profile="test", seeds=55)
     assert result["cells"] == 10010
-    assert result["sbatch_calls"] == 2
+    assert result["sbatch_calls"] == 1 + 10  # 110 base cells; 9,900 transfer cells in arrays of 1,000
     out = capsys.readouterr().out
     assert "plan (cold" in out and "sbatch calls" in out

@@ -7,7 +7,8 @@ set -euo pipefail
 dir=$(realpath -m "${1:?usage: up.sh DIR}")
 mkdir -p "$dir"/{state,log,run} "$dir"/spool/{n1,n2}
 port_base=${MKF_SLURM_PORT_BASE:-17000}
-cpus=$(nproc)
+# the machine's cores are split between the two nodes: a 2-core machine is a cluster of 2 x 1 CPU, not 2 x 2
+cpus=$(( $(nproc) / 2 )); [ "$cpus" -ge 1 ] || cpus=1
 mem_mb=${MKF_SLURM_NODE_MEM_MB:-4000}
 
 # munge with its own socket and key, so it never touches a system munged
@@ -41,17 +42,22 @@ SchedulerParameters=sched_interval=5,bf_interval=5
 MpiDefault=none
 ReturnToService=2
 JobRequeue=1
-MaxArraySize=20001
+# Slurm's default MaxArraySize (1001), as on most clusters: a stage of more cells is split into several arrays
 MaxJobCount=50000
+# a real preemption: jobs of partition "high" requeue jobs of partition "low" (SIGTERM, KillWait, SIGKILL)
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 MinJobAge=600
-KillWait=10
+KillWait=30
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 NodeName=n[1-2] NodeHostname=localhost NodeAddr=127.0.0.1 Port=$((port_base + 1))-$((port_base + 2)) CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
+PartitionName=low Nodes=n[1-2] MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE
+PartitionName=high Nodes=n[1-2] MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 CONF
 export SLURM_CONF="$dir/slurm.conf"
 /usr/sbin/slurmctld -f "$SLURM_CONF" -i
