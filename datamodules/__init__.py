@@ -14,14 +14,6 @@ if TYPE_CHECKING:
     from datamodules.base import SplitDataModule
 
 
-def __getattr__(name: str) -> Any:
-    """``SplitDataModule`` is imported on first use: ``datamodules.errors`` must not cost a torch import."""
-    if name == "SplitDataModule":
-        from datamodules.base import SplitDataModule
-
-        return SplitDataModule
-    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")
-
 DATASETS = ("fashion_mnist", "mnist_5k", "image_folder")
 LOADERS = ("default", "folder", "wds", "ffcv")
 # DataConfig keys only the image loaders understand, with the defaults that mean "not used"

@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
+from configs import config_path
 from datamodules.errors import UserError
 
-COSTS_FILE = Path(__file__).resolve().parents[1] / "configs" / "costs.yaml"
+COSTS_FILE = config_path("costs.yaml")
 
 
 @dataclass
