@@ -101,7 +101,9 @@ def test_partial_report_fills_in_the_logged_curve(sweep_dir, capsys: pytest.Capt
     assert main(["report", str(out), "--partial"]) == 0
 
     runs = sorted(out.glob("wandb/offline-run-*"), key=lambda p: p.stat().st_mtime)
-    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[-1] for r in runs}) == 1, "one W&B run id, logged twice"
+    # the run id is in each attempt's `run-<id>.wandb` (directory names get a -1 suffix within the same second)
+    ids = {next(r.glob("run-*.wandb")).stem for r in runs}
+    assert len(runs) == 2 and len(ids) == 1, f"one W&B run id, logged twice: {ids}"
     logged = []
     for run in runs:
         (table,) = run.glob("files/media/table/summary_*.table.json")
