@@ -334,11 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mkf",
         description="masterkey-filters: train, transfer and freeze depthwise filters (Master Key Filters "
-                    "Hypothesis), run transfer sweeps locally or on a cluster, and draw the paper's Figure 3.",
+                    "Hypothesis), run the paper's experiments as sweeps locally or on Slurm, report them as figures and "
+                    "tables, and analyse the filters themselves.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  mkf demo\n  mkf layers convnext_tiny --kind depthwise\n"
                "  mkf sweep plan configs/demo.yaml\n  mkf sweep run configs/demo.yaml --slots 2\n"
-               "  mkf sweep status results/demo\n  mkf report results/demo\n  mkf bench train",
+               "  mkf sweep status results/demo\n  mkf report results/demo\n"
+               "  mkf sweep plan configs/paper/cross_domain.yaml   # cells and GPU-hours before submitting\n"
+               "  mkf filters grid results/demo/cells/<id>\n  mkf bench train",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -406,14 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list the offline runs, upload nothing")
     s.set_defaults(func=cmd_sweep_sync)
 
-    s = sub.add_parser("report", help="results.csv and Figure 3 (PNG + PDF) of a sweep directory")
+    s = sub.add_parser("report", help="results.csv, summary.csv and the figure of the sweep's kind (PNG + PDF)",
+                       description="Collects every finished cell: results.csv (one row per cell), summary.csv "
+                                   "(mean, std, 95%% CI over seeds) and the figure the sweep's kind selects: "
+                                   "depth curves with bands (depth_curve), retention per model size (retention) "
+                                   "or source x target heatmaps + tables (matrix). Logged to W&B when enabled.")
     s.add_argument("dir", help="sweep output directory, e.g. results/demo")
     s.add_argument("--partial", action="store_true", help="report the cells finished so far (a running sweep)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="the embedded default: a small real sweep on CPU ending in a figure",
-                       description="Runs configs/demo.yaml (Fashion-MNIST halves, tiny ConvNeXt and ResNet, AnB "
-                                   "and BnB at every depth) and writes results/demo/{results.csv,figure.png}.")
+                       description="Runs configs/demo.yaml (Fashion-MNIST halves, tiny ConvNeXt and ResNet, AnB, "
+                                   "BnB and the random-frozen control at depths 1, 3, 5, three seeds) and writes "
+                                   "results/demo/{results.csv,summary.csv,figure.png,figure.pdf}.")
     s.add_argument("--config", default=str(DEMO_CONFIG), help="sweep YAML (default: configs/demo.yaml)")
     s.add_argument("--slots", type=int, default=min(2, os.cpu_count() or 1), help="cells at once (default 2)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
