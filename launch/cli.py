@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("report", help="results.csv, summary.csv and the figure of the sweep's kind (PNG + PDF)",
                        description="Collects every finished cell: results.csv (one row per cell), summary.csv "
-                                   "(mean, std, 95%% CI over seeds) and the figure the sweep's kind selects: "
+                                   "(mean, std, 95% CI over seeds) and the figure the sweep's kind selects: "
                                    "depth curves with bands (depth_curve), retention per model size (retention) "
                                    "or source x target heatmaps + tables (matrix). Logged to W&B when enabled.")
     s.add_argument("dir", help="sweep output directory, e.g. results/demo")
