@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from datamodules.augment import rand_augment as rand_augment_op
+from datamodules.augment import rand_augment_tensor
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 
@@ -90,7 +92,8 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool) -> torch.Tensor:
+def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool,
+                            interpolation: str = "bilinear") -> torch.Tensor:
     """uint8 [N,1,28,28] -> normalised float [N,3,S,S]: pad (or resize) to S, random flip when training.
 
     Three identical channels keep every timm model at its default ``in_chans=3``, so the saved weights load
@@ -102,7 +105,7 @@ def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool) 
         pad = (image_size - size) // 2
         x = F.pad(x, (pad, pad, pad, pad))  # Fashion-MNIST's background is 0: padding adds real-looking border
     elif image_size != size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(image_size, image_size), mode=interpolation, align_corners=False)
     if train:
         flip = torch.rand(x.shape[0], device=x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -125,8 +128,13 @@ class FashionMNISTDataModule(SplitDataModule):
         max_val_samples: int | None = None,
         seed: int = 0,
         download: bool = True,
+        interpolation: str = "bilinear",
+        rand_augment: str | None = None,
     ) -> None:
         super().__init__(CLASS_NAMES, split, half, batch_size, num_workers, seed)
+        self.interpolation = interpolation
+        # timm's RandAugment on each 28x28 grey image (PIL mode L), on the CPU before the batch moves
+        self.rand_augment = rand_augment_op(rand_augment, channels=1) if rand_augment else None
         self.root = locate_fashion_mnist(root, download=download)
         self.image_size = image_size
         self.max_train_samples = max_train_samples
@@ -156,7 +164,14 @@ class FashionMNISTDataModule(SplitDataModule):
             self.train_set = self._load("train", self.max_train_samples)
             self.val_set = self._load("val", self.max_val_samples)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.rand_augment is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return torch.stack([rand_augment_tensor(img, self.rand_augment) for img in images]), labels
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        return fashion_batch_transform(images, self.image_size, train=training), labels
+        return fashion_batch_transform(images, self.image_size, train=training,
+                                       interpolation=self.interpolation), labels
