@@ -64,17 +64,22 @@ def rand_augment(config: str, channels: int = 3) -> Callable[[Image.Image], Imag
     Randomness comes from Python's and NumPy's global generators (seeded per worker / per batch by the loaders
     and restored on resume).
     """
+    import re
+
     from timm.data.auto_augment import rand_augment_transform
 
-    mean = tuple(round(255 * m) for m in IMAGENET_MEAN) if channels == 3 else 0
-    hparams = {"translate_const": 100, "img_mean": mean, "magnitude_max": 9.999}
-    try:
-        return rand_augment_transform(config, hparams)
-    except Exception as exc:  # timm raises AssertionError/ValueError/KeyError on a malformed string
-        from datamodules.errors import UserError
+    from datamodules.errors import UserError
 
-        raise UserError(f"augment.rand_augment {config!r} is not a timm RandAugment string ({exc}); "
-                        "use e.g. rand-m9-mstd0.5-inc1") from None
+    sections = config.split("-")
+    # timm silently skips a section without digits (a typo like "incl"): accept only what it understands
+    if sections[0] != "rand" or not all(re.fullmatch(r"t.+|(mstd|mmax|inc|m|n|p)\d[\d.]*", c) for c in sections[1:]):
+        raise UserError(f"augment.rand_augment {config!r} is not a timm RandAugment string "
+                        "(rand-<m9|n2|mstd0.5|mmax10|inc1|p0.5|t...>...); use e.g. rand-m9-mstd0.5-inc1")
+    mean = tuple(round(255 * m) for m in IMAGENET_MEAN) if channels == 3 else 0
+    hparams: dict[str, object] = {"translate_const": 100, "img_mean": mean}
+    if not any(c.startswith("mmax") for c in sections):
+        hparams["magnitude_max"] = 9.999
+    return rand_augment_transform(config, hparams)
 
 
 def rand_augment_check(config: str) -> None:
