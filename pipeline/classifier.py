@@ -104,7 +104,6 @@ class ImageClassifier(L.LightningModule):
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
         # the EMA copy is a submodule, so it is in every checkpoint (resumed with the run) under ema.module.*
         self.ema: TrainableEma | None = TrainableEma(self.model, model.ema) if model.ema else None
-        self._ema_step = -1
         if self.ema is not None:
             self.ema_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)
             self.ema_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
@@ -158,12 +157,12 @@ class ImageClassifier(L.LightningModule):
             self.log("train/loss", loss.detach(), prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # once per optimizer step (not per accumulated batch); global_step is restored on resume, so is the EMA
-        step = self.global_step
-        if self.ema is not None and step != self._ema_step and step % self.model_cfg.ema.every_n_steps == 0:
-            self.ema.update(self.model, step=step)
-            self._ema_step = step
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # right after each optimizer step (not per accumulated batch), and before any callback's on_train_batch_end
+        # can checkpoint this step: a checkpoint always holds the EMA of exactly the steps it holds
+        if self.ema is not None and self.global_step % self.model_cfg.ema.every_n_steps == 0:
+            self.ema.update(self.model, step=self.global_step)
 
     def on_train_epoch_end(self) -> None:
         # torchmetrics already synced the ranks; sync_dist averages identical values (and tells Lightning so)
