@@ -353,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_sweep)
 
-    from launch import data_cli
+    from launch import data_cli, gpu_bench_cli
 
     data_cli.add_parsers(sub, bench)
+    gpu_bench_cli.add_parsers(bench)
     return p
 
 
