@@ -298,12 +298,18 @@ def _print(console: Console, results: list[BenchResult], dev: torch.device, batc
             continue
         key = (r.case.arch, r.case.precision, r.case.channels_last, r.case.compile)
         share = r.images_per_s / synthetic[key]
-        verdict = "GPU-bound" if share >= 0.9 else "data-bound: the loader cannot feed the device"
+        if loader_rate is not None and loader_rate < synthetic[key]:
+            verdict = "data-bound: the loader alone is slower than the model can train"
+        elif share < 0.9:
+            verdict = "loader overhead: fast enough alone, but feeding costs the step time (host contention)"
+        else:
+            verdict = "GPU-bound"
         console.print(f"{r.case.arch} {r.case.precision} cl={r.case.channels_last} compile={r.case.compile}: "
-                      f"real loader at {share:.2f} of synthetic -> {verdict}")
+                      f"real loader at {share:.2f} of synthetic, loader alone at "
+                      f"{(loader_rate or 0) / synthetic[key]:.1f}x the synthetic rate -> {verdict}")
     for arch, ref in PUBLISHED.items():
         if any(r.case.arch == arch for r in results):
             console.print(f"published {arch}: {ref.images_per_s:,.0f} img/s at {ref.image_size} px ({ref.source})")
     if dev.type != "cuda":
         console.print("no CUDA device: these figures only prove the code path (ratios to published GPU figures "
-                      "are left out)")
+                      "are left out; on a shared CPU, real/synthetic moves by +-20% between runs)")
