@@ -67,20 +67,30 @@ def _plain(module: ImageClassifier, batches: list[Any], total: int, warmup: int)
     return time.perf_counter() - start
 
 
-def _lightning(module: ImageClassifier, batches: list[Any], total: int, warmup: int) -> float:
+def _lightning(module: ImageClassifier, batches: list[Any], total: int, warmup: int, log_every: int) -> float:
+    """As a cell trains: a CSV logger and the monitoring callbacks (lr per group, throughput, data wait)."""
+    import tempfile
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    from pipeline.monitoring import monitoring_callbacks
+
     # the same ready-made batches as the plain loop, cycled (batch_size=None: no per-sample collation)
     loader = DataLoader([batches[step % len(batches)] for step in range(total)], batch_size=None)
     timer = _Timer(warmup)
-    trainer = L.Trainer(max_steps=total, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[timer], log_every_n_steps=50)
-    trainer.fit(module, train_dataloaders=loader)
+    with tempfile.TemporaryDirectory() as logs:
+        trainer = L.Trainer(max_steps=total, accelerator="cpu", devices=1, logger=CSVLogger(logs),
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, log_every_n_steps=log_every,
+                            callbacks=[timer, *monitoring_callbacks(batches[0][0].shape[0])])
+        trainer.fit(module, train_dataloaders=loader)
     return timer.end - timer.start
 
 
 def bench_train(arch: str = "convnext_demo", batch_size: int = 128, steps: int = 60, warmup: int = 10,
                 image_size: int = 32, repeats: int = 3, out_json: str | None = None,
-                console: Console | None = None) -> dict[str, Any]:
+                console: Console | None = None, log_every: int = 10) -> dict[str, Any]:
+    """Plain loop vs Lightning; the Lightning side logs like a cell (CSV every ``log_every`` steps, monitoring)."""
     console = console or Console()
     batches = _batches(batch_size, image_size, count=8)
     total = warmup + steps
@@ -92,15 +102,17 @@ def bench_train(arch: str = "convnext_demo", batch_size: int = 128, steps: int =
         for name, run in (("plain", _plain), ("lightning", _lightning)):
             module = ImageClassifier(model_cfg, optim_cfg, num_classes=10)
             module.load_state_dict(init)
-            times[name].append(run(module, batches, total, warmup))
+            args = (log_every,) if name == "lightning" else ()
+            times[name].append(run(module, batches, total, warmup, *args))
     plain, light = statistics.median(times["plain"]), statistics.median(times["lightning"])
     result = {
         "arch": arch, "batch_size": batch_size, "image_size": image_size, "timed_steps": steps,
         "threads": torch.get_num_threads(), "plain_ms_per_step": 1000 * plain / steps,
-        "lightning_ms_per_step": 1000 * light / steps, "overhead": light / plain - 1,
+        "lightning_ms_per_step": 1000 * light / steps, "overhead": light / plain - 1, "log_every_n_steps": log_every,
         "runs_s": times,
     }
-    table = Table(title=f"training step, {arch}, batch {batch_size}, {image_size}px, {steps} steps x {repeats}")
+    table = Table(title=f"training step, {arch}, batch {batch_size}, {image_size}px, {steps} steps x {repeats} "
+                        f"(Lightning: CSV log + monitoring every {log_every} steps)")
     table.add_column("loop")
     table.add_column("ms/step", justify="right")
     table.add_column("images/s", justify="right")
