@@ -185,3 +185,30 @@ def test_cell_with_the_full_recipe_trains_and_writes_ema_weights(tmp_path: Path)
     ema = load_file(str(tmp_path / "cell" / "weights_ema.safetensors"))
     model = load_file(str(tmp_path / "cell" / "weights.safetensors"))
     assert ema.keys() == model.keys() and not torch.equal(ema["head.fc.weight"], model["head.fc.weight"])
+
+
+def test_folder_and_wds_decoders_apply_rand_augment_and_bicubic() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from datamodules.augment import AugmentSpec, decode_train, seed_batch_rngs, torchvision_train_transform
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90)
+    plain = AugmentSpec(train_resolution=32)
+    recipe = AugmentSpec(train_resolution=32, interpolation="bicubic", rand_augment="rand-m9-mstd0.5-inc1")
+    for spec in (plain, recipe):
+        out = torchvision_train_transform(spec)(photo)
+        assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    decoded = []
+    for spec in (plain, recipe, recipe):
+        seed_batch_rngs(7)  # what the wds loader does per batch: the same seed gives the same crop and ops
+        image = decode_train(buf.getvalue(), spec)
+        assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+        decoded.append(image)
+    assert not torch.equal(decoded[0], decoded[1]), "RandAugment + bicubic changed nothing"
+    assert torch.equal(decoded[1], decoded[2]), "the per-batch seed must make RandAugment reproducible"
