@@ -43,6 +43,8 @@ def _class_folders(path: Path) -> list[str]:
 class ImageFolderDataModule(SplitDataModule):
     """Class-folder trees (ImageNet, its halves, any cross-domain set laid out the same way)."""
 
+    seed_per_sample = True  # crops and RandAugment in workers resume exactly mid-epoch
+
     def __init__(
         self,
         root: str | None = None,

@@ -212,3 +212,37 @@ def test_folder_and_wds_decoders_apply_rand_augment_and_bicubic() -> None:
         decoded.append(image)
     assert not torch.equal(decoded[0], decoded[1]), "RandAugment + bicubic changed nothing"
     assert torch.equal(decoded[1], decoded[2]), "the per-batch seed must make RandAugment reproducible"
+
+
+def _image_tree(root: Path, per_class: int = 6) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part in ("train", "val"):
+        for cls in ("a", "b"):
+            folder = root / part / cls
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_folder_loader_with_workers_resumes_mid_epoch_with_the_same_augmented_images(tmp_path: Path) -> None:
+    """RandAugment and crops in loader workers: batches after a mid-epoch resume equal the uninterrupted ones."""
+    from datamodules.image_folder import ImageFolderDataModule
+
+    root = _image_tree(tmp_path / "tree")
+
+    def batches(skip: int) -> list[torch.Tensor]:
+        dm = ImageFolderDataModule(root=str(root), split=None, half="B", image_size=16, batch_size=3, num_workers=2,
+                                   rand_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic")
+        dm.setup()
+        dm.position.set(0, skip)
+        return [images for images, _ in dm.train_dataloader()]
+
+    full, resumed = batches(0), batches(2)
+    assert len(full) == 4 and len(resumed) == 2
+    for a, b in zip(full[2:], resumed, strict=True):
+        assert torch.equal(a, b), "a resumed epoch must see the same augmented images"
+    assert not torch.equal(full[0], full[1])
