@@ -60,6 +60,7 @@ def test_bench_train_prints_both_loops_and_the_ratio(capsys: pytest.CaptureFixtu
     assert "plain PyTorch" in out and "Lightning" in out and "Lightning / plain =" in out
     assert result["plain_ms_per_step"] > 0 and result["lightning_ms_per_step"] > 0
     assert result["overhead"] == pytest.approx(result["lightning_ms_per_step"] / result["plain_ms_per_step"] - 1)
+    assert "monitoring hooks" in out and 0 < result["monitoring_ms_per_step"] < result["lightning_ms_per_step"]
 
 
 # ---- GPU-path defects, tested on CPU (only the GPU itself is mocked) -----------------------------------------
