@@ -102,3 +102,17 @@ def test_uint8_normalisation_keeps_mean_and_std_on_the_device_once() -> None:
     expected = (images.float() / 255 - torch.tensor(augment.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
         augment.IMAGENET_STD).view(1, 3, 1, 1)
     assert torch.allclose(first, expected, atol=1e-5)
+
+
+def test_cuda_runs_use_cudnn_autotuning_and_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.train import configure_cuda
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    previous = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        configure_cuda()
+        assert torch.backends.cudnn.benchmark is True
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)
