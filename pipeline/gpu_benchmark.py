@@ -234,6 +234,8 @@ def bench_gpu(archs: list[str], precisions: list[str], channels_last: list[bool]
         if data_name == "default":
             data_name = cell.data.dataset
         loader_rate = loader_only(datamodule, dev, batches=max(steps, 5))
+        # synthetic at the loader's resolution, so that real / synthetic compares like with like
+        image_size = image_size or _train_resolution(datamodule)
     results: list[BenchResult] = []
     for arch, precision, cl, comp in itertools.product(archs, precisions, channels_last, compile):
         sources: list[tuple[str, Any]] = [("synthetic", None)]
@@ -249,7 +251,7 @@ def bench_gpu(archs: list[str], precisions: list[str], channels_last: list[bool]
                 size = image_size or (PUBLISHED[arch].image_size if arch in PUBLISHED else 224)
                 batches = synthetic_batches(batch_size, size, num_classes, dev, cl)
             else:
-                size = int(getattr(getattr(dm, "spec", None), "train_resolution", 0) or getattr(dm, "image_size", 0))
+                size = _train_resolution(dm)
                 batches = loader_batches(dm, dev)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -267,6 +269,11 @@ def bench_gpu(archs: list[str], precisions: list[str], channels_last: list[bool]
     if out_json:
         Path(out_json).write_text(json.dumps(out, indent=2) + "\n")
     return out
+
+
+def _train_resolution(datamodule: Any) -> int:
+    spec = getattr(datamodule, "spec", None)
+    return int(getattr(spec, "train_resolution", 0) or getattr(datamodule, "image_size", 0) or 224)
 
 
 def _device_name(dev: torch.device) -> str:
