@@ -192,3 +192,16 @@ def test_offline_wandb_clean_up_runs_on_rank_zero_only(tmp_path: Path, monkeypat
 def test_bf16_true_precision_trains_with_the_normalisation_hooks(tmp_path: Path) -> None:
     result = train_cell(cell_config(tmp_path / "cell", trainer={"precision": "bf16-true"}))
     assert result["steps"] == 8 and result["top1"] is not None
+
+
+def test_a_run_resumes_after_toggling_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 1 without compile, then the same cell with `model.compile: true` resumes from its checkpoint."""
+    original = torch.nn.Module.compile
+    # TorchDynamo's tracing and guards without inductor's code generation (minutes on this CPU)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager"))
+    run = tmp_path / "cell"
+    train_cell(cell_config(run, trainer={"max_epochs": 1}))
+    (run / "result.json").unlink()  # pretend the cell was stopped after epoch 1 of 2
+    result = train_cell(cell_config(run, model={"arch": "convnext_demo", "compile": True},
+                                    trainer={"max_epochs": 2}))
+    assert result["resumed"] is True and result["steps"] == 16
