@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,19 +40,81 @@ class AugmentSpec:
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     crop_ratio: float = DEFAULT_CROP_RATIO
+    interpolation: str = "bilinear"  # bilinear | bicubic (the recipes' choice)
+    rand_augment: str | None = None  # timm RandAugment config string (train only), e.g. rand-m9-mstd0.5-inc1
 
     def resize_size(self) -> int:
         """The short side validation images are resized to before the centre crop."""
         return round(self.val_resolution / self.crop_ratio)
 
 
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _interpolation(spec: AugmentSpec) -> v2.InterpolationMode:
+    return v2.InterpolationMode.BICUBIC if spec.interpolation == "bicubic" else v2.InterpolationMode.BILINEAR
+
+
+# ---- RandAugment (timm's, on PIL images) -------------------------------------------------------------------
+def rand_augment(config: str, channels: int = 3) -> Callable[[Image.Image], Image.Image]:
+    """timm's RandAugment for ``config`` (e.g. ``rand-m9-mstd0.5-inc1``), as timm's ImageNet transform builds it.
+
+    ``magnitude_max`` is just under 10: at magnitude 10 timm's increasing Posterize asks for 0 bits, which
+    current Pillow rejects (ValueError); 9.999 keeps 1 bit there and leaves every other op unchanged.
+    Randomness comes from Python's and NumPy's global generators (seeded per worker / per batch by the loaders
+    and restored on resume).
+    """
+    import re
+
+    from timm.data.auto_augment import rand_augment_transform
+
+    from datamodules.errors import UserError
+
+    sections = config.split("-")
+    # timm silently skips a section without digits (a typo like "incl"): accept only what it understands
+    if sections[0] != "rand" or not all(re.fullmatch(r"t.+|(mstd|mmax|inc|m|n|p)\d[\d.]*", c) for c in sections[1:]):
+        raise UserError(f"augment.rand_augment {config!r} is not a timm RandAugment string "
+                        "(rand-<m9|n2|mstd0.5|mmax10|inc1|p0.5|t...>...); use e.g. rand-m9-mstd0.5-inc1")
+    mean = tuple(round(255 * m) for m in IMAGENET_MEAN) if channels == 3 else 0
+    hparams: dict[str, object] = {"translate_const": 100, "img_mean": mean}
+    if not any(c.startswith("mmax") for c in sections):
+        hparams["magnitude_max"] = 9.999
+    return rand_augment_transform(config, hparams)
+
+
+def rand_augment_check(config: str) -> None:
+    """Raise the UserError of :func:`rand_augment` now (at config time), not in a loader worker."""
+    rand_augment(config)
+
+
+def rand_augment_tensor(image: torch.Tensor, op: Callable[[Image.Image], Image.Image]) -> torch.Tensor:
+    """uint8 CHW (1 or 3 channels) -> the same, through a PIL RandAugment op."""
+    array = image.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[2] == 1 else np.ascontiguousarray(array))
+    out = torch.from_numpy(np.array(op(pil)))
+    return out.unsqueeze(0) if out.ndim == 2 else out.permute(2, 0, 1)
+
+
+def seed_batch_rngs(seed: int) -> None:
+    """Seed torch's, Python's and NumPy's generators: crops draw from torch, RandAugment from the other two."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
 # ---- torchvision (folder loader) ---------------------------------------------------------------------------
 def torchvision_train_transform(spec: AugmentSpec) -> v2.Compose:
-    """PIL image -> normalised float CHW: the ImageFolder baseline."""
-    return v2.Compose([
-        v2.ToImage(),
-        v2.RandomResizedCrop(spec.train_resolution, scale=spec.scale, ratio=spec.ratio, antialias=True),
+    """PIL image -> normalised float CHW: the ImageFolder baseline (+ RandAugment on the PIL crop if set)."""
+    steps: list[Callable[..., object]] = [
+        v2.RandomResizedCrop(spec.train_resolution, scale=spec.scale, ratio=spec.ratio,
+                             interpolation=_interpolation(spec), antialias=True),
         v2.RandomHorizontalFlip(),
+    ]
+    if spec.rand_augment:
+        steps.append(rand_augment(spec.rand_augment))
+    return v2.Compose([
+        *steps,
+        v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
@@ -61,7 +124,7 @@ def torchvision_val_transform(spec: AugmentSpec) -> v2.Compose:
     """PIL image -> normalised float CHW: resize short side, centre crop."""
     return v2.Compose([
         v2.ToImage(),
-        v2.Resize(spec.resize_size(), antialias=True),
+        v2.Resize(spec.resize_size(), interpolation=_interpolation(spec), antialias=True),
         v2.CenterCrop(spec.val_resolution),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
@@ -69,10 +132,21 @@ def torchvision_val_transform(spec: AugmentSpec) -> v2.Compose:
 
 
 # ---- uint8 batches -> normalised float (webdataset and FFCV, on the device) --------------------------------
+_NORM_CACHE: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N,3,H,W] (any memory format) -> float32 normalised with ImageNet mean/std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    """uint8 [N,3,H,W] (any memory format) -> float32 normalised with ImageNet mean/std.
+
+    mean/std live on the device once (cached per device): building them from Python tuples every batch was a
+    host-to-device copy per step. Under ``*-true`` precision the model casts this float32 batch to its own dtype
+    (Lightning converts floats *before* this hook runs, and a uint8 batch is not converted).
+    """
+    if images.device not in _NORM_CACHE:
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+        _NORM_CACHE[images.device] = (mean, std)
+    mean, std = _NORM_CACHE[images.device]
     return (images.float() - mean) / std
 
 
@@ -154,9 +228,25 @@ def decode_train(data: bytes, spec: AugmentSpec) -> torch.Tensor:
     x0, y0 = int(left), int(top)
     x1, y1 = max(x0 + 1, round(right)), max(y0 + 1, round(bottom))
     crop = torch.from_numpy(pixels[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)
-    out = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                                          align_corners=False)[0]
-    return out.flip(-1) if torch.rand(1).item() < 0.5 else out
+    if spec.interpolation == "bicubic":  # torch's uint8 fast path is bilinear only: bicubic runs in float
+        out = torch.nn.functional.interpolate(crop.float(), size=(size, size), mode="bicubic", antialias=True,
+                                              align_corners=False)[0].round_().clamp_(0, 255).to(torch.uint8)
+    else:
+        out = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False)[0]
+    out = out.flip(-1) if torch.rand(1).item() < 0.5 else out
+    if spec.rand_augment:
+        out = rand_augment_tensor(out, _rand_augment_cached(spec.rand_augment))
+    return out
+
+
+_RA_CACHE: dict[str, Callable[[Image.Image], Image.Image]] = {}
+
+
+def _rand_augment_cached(config: str) -> Callable[[Image.Image], Image.Image]:
+    if config not in _RA_CACHE:
+        _RA_CACHE[config] = rand_augment(config)
+    return _RA_CACHE[config]
 
 
 def val_box(width: int, height: int, spec: AugmentSpec) -> tuple[float, float, float, float]:
@@ -170,5 +260,6 @@ def decode_val(data: bytes, spec: AugmentSpec) -> torch.Tensor:
     """Encoded image -> uint8 CHW centre crop, DCT-scaled decode, resized by PIL at sub-pixel precision."""
     size = spec.val_resolution
     pixels, box = _decode_reduced(data, lambda w, h: val_box(w, h, spec), size)
-    out = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR, box=box)
+    resample = Image.Resampling.BICUBIC if spec.interpolation == "bicubic" else Image.Resampling.BILINEAR
+    out = Image.fromarray(pixels).resize((size, size), resample, box=box)
     return torch.from_numpy(np.array(out)).permute(2, 0, 1)

@@ -11,15 +11,41 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from datamodules.errors import UserError
 from datamodules.samplers import EpochShuffleSampler, RankStridedSampler, ResumePosition
 from datamodules.splits import ClassSplit, make_split
 
 
+class SeededSamples(Dataset):
+    """Per-sample augmentation randomness that is a function of (seed, epoch, index) inside loader workers.
+
+    A worker's generators are seeded once per iterator, so after a mid-epoch resume (which skips the batches
+    already trained) its crops and RandAugment ops would differ from an uninterrupted run's. Seeding torch, Python
+    and NumPy per sample makes them the same, and independent of the worker count. In the training process itself
+    (``num_workers: 0``) nothing is reseeded: its generators are the ones a checkpoint restores.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, epoch = key
+        if get_worker_info() is not None:
+            from datamodules.augment import seed_batch_rngs
+
+            seed_batch_rngs(hash((self.seed, epoch, index)) & 0x7FFFFFFF)
+        return self.dataset[index]
+
+
 class SplitDataModule(L.LightningDataModule):
     """A LightningDataModule restricted to one half of a :class:`ClassSplit`, labels remapped to 0..k-1."""
+
+    seed_per_sample = False  # per-image augmentation in loader workers: seed it per sample (see SeededSamples)
 
     def __init__(
         self,
@@ -67,8 +93,11 @@ class SplitDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() before asking for a loader")
         size = len(dataset)  # type: ignore[arg-type]
-        sampler = (EpochShuffleSampler(size, self.seed, self.batch_size, self.position) if train
+        seeded = train and self.seed_per_sample
+        sampler = (EpochShuffleSampler(size, self.seed, self.batch_size, self.position, tag_epoch=seeded) if train
                    else RankStridedSampler(size))
+        if seeded:
+            dataset = SeededSamples(dataset, self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

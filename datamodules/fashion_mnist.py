@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from datamodules.augment import rand_augment as rand_augment_op
+from datamodules.augment import rand_augment_tensor
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 from datamodules.subsets import cap_indices, stratified_indices, subset_train_indices
@@ -92,7 +94,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool, mean: float = MEAN,
-                            std: float = STD, flip: bool = True) -> torch.Tensor:
+                            std: float = STD, flip: bool = True, interpolation: str = "bilinear") -> torch.Tensor:
     """uint8 [N,1,28,28] -> normalised float [N,3,S,S]: pad (or resize) to S, random flip when training.
 
     Three identical channels keep every timm model at its default ``in_chans=3``, so the saved weights load
@@ -104,7 +106,7 @@ def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool, 
         pad = (image_size - size) // 2
         x = F.pad(x, (pad, pad, pad, pad))  # Fashion-MNIST's background is 0: padding adds real-looking border
     elif image_size != size:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(x, size=(image_size, image_size), mode=interpolation, align_corners=False)
     if train and flip:
         flipped = torch.rand(x.shape[0], device=x.device) < 0.5
         x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
@@ -135,8 +137,13 @@ class FashionMNISTDataModule(SplitDataModule):
         seed: int = 0,
         download: bool = True,
         subset: dict[str, Any] | None = None,
+        interpolation: str = "bilinear",
+        rand_augment: str | None = None,
     ) -> None:
         super().__init__(self.class_names, split, half, batch_size, num_workers, seed)
+        self.interpolation = interpolation
+        # timm's RandAugment on each 28x28 grey image (PIL mode L), on the CPU before the batch moves
+        self.rand_augment = rand_augment_op(rand_augment, channels=1) if rand_augment else None
         self.root = self._locate(root, download)
         self.image_size = image_size
         self.max_train_samples = max_train_samples
@@ -176,11 +183,17 @@ class FashionMNISTDataModule(SplitDataModule):
             self.train_set = self._load("train", self.max_train_samples)
             self.val_set = self._load("val", self.max_val_samples)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.rand_augment is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        return torch.stack([rand_augment_tensor(img, self.rand_augment) for img in images]), labels
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
         return fashion_batch_transform(images, self.image_size, train=training, mean=self.mean, std=self.std,
-                                       flip=self.flip), labels
+                                       flip=self.flip, interpolation=self.interpolation), labels
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "subset": self.subset}

@@ -67,8 +67,18 @@ class FFCVDataModule(SplitDataModule):
         batch_size: int = 128,
         num_workers: int = 4,
         seed: int = 0,
+        interpolation: str = "bilinear",
+        rand_augment: str | None = None,
         **ignored: Any,
     ) -> None:
+        # FFCV's decoders are compiled pipeline stages: its RandomResizedCrop resizes with OpenCV's INTER_AREA, and
+        # PIL-based RandAugment cannot run inside them (erasing, Mixup/CutMix and EMA act on the device and work)
+        if rand_augment:
+            raise UserError("augment.rand_augment is not supported by loader ffcv (its pipeline cannot run PIL ops); "
+                            "use loader wds or folder, or remove augment.rand_augment")
+        if interpolation != "bilinear":
+            raise UserError(f"augment.interpolation {interpolation} is not supported by loader ffcv (it resizes with "
+                            "OpenCV's area filter); use loader wds or folder, or interpolation bilinear")
         require_ffcv()
         location = shards or root
         if location is None:
@@ -91,6 +101,7 @@ class FFCVDataModule(SplitDataModule):
         for old, new in self.label_map.items():
             lookup[old] = new
         self._lookup = lookup
+        self._lookup_on: dict[torch.device, torch.Tensor] = {}  # the lookup per device, copied there once
         self.files: dict[str, Path] = {}
         self.indices: dict[str, np.ndarray] = {}
         self.samples_skipped = 0  # FFCV files hold only images that decoded at write time
@@ -180,7 +191,12 @@ class FFCVDataModule(SplitDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
-        lookup = self._lookup if labels.device.type == "cpu" else self._lookup.to(labels.device)
+        if labels.device.type == "cpu":
+            lookup = self._lookup
+        else:  # copy the lookup to the GPU once, not every batch (a host-to-device copy per step)
+            lookup = self._lookup_on.get(labels.device)
+            if lookup is None:
+                lookup = self._lookup_on.setdefault(labels.device, self._lookup.to(labels.device))
         return images, lookup[labels.long()]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

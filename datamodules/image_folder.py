@@ -45,6 +45,8 @@ def _class_folders(path: Path) -> list[str]:
 class ImageFolderDataModule(SplitDataModule):
     """Class-folder trees (ImageNet, its halves, any cross-domain set laid out the same way)."""
 
+    seed_per_sample = True  # crops and RandAugment in workers resume exactly mid-epoch
+
     def __init__(
         self,
         root: str | None = None,
@@ -60,6 +62,8 @@ class ImageFolderDataModule(SplitDataModule):
         scale: tuple[float, float] | list[float] = (0.08, 1.0),
         crop_ratio: float = 224 / 256,
         subset: dict[str, Any] | None = None,
+        interpolation: str = "bilinear",
+        rand_augment: str | None = None,
     ) -> None:
         if root is None:
             raise UserError("data.root is required for dataset image_folder; set it to a folder with train/ and val/")
@@ -76,7 +80,9 @@ class ImageFolderDataModule(SplitDataModule):
         super().__init__(classes, split, half, batch_size, num_workers, seed)
         self.image_size = image_size
         self.spec = AugmentSpec(train_resolution=image_size, val_resolution=val_image_size or image_size,
-                                scale=(float(scale[0]), float(scale[1])), crop_ratio=crop_ratio)
+                                scale=(float(scale[0]), float(scale[1])), crop_ratio=crop_ratio,
+                                interpolation=interpolation, rand_augment=rand_augment)
+        torchvision_train_transform(self.spec)  # a bad RandAugment string fails here, before any run dir exists
         self.max_train_samples = max_train_samples
         self.max_val_samples = max_val_samples
         self.subset = subset

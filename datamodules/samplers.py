@@ -42,8 +42,9 @@ class EpochShuffleSampler(Sampler[int]):
     """
 
     def __init__(self, num_samples: int, seed: int, batch_size: int, position: ResumePosition | None = None,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, tag_epoch: bool = False) -> None:
         self.num_samples, self.seed, self.batch_size, self.shuffle = num_samples, seed, batch_size, shuffle
+        self.tag_epoch = tag_epoch  # yield (index, epoch): a SeededSamples dataset seeds each sample from it
         self.position = position or ResumePosition()
         self.epoch = 0
 
@@ -66,8 +67,10 @@ class EpochShuffleSampler(Sampler[int]):
         else:
             order = torch.arange(self.num_samples)
         per_rank = self.num_samples // world
-        mine = order[rank : per_rank * world : world]
-        return iter(mine[start:].tolist())
+        mine = order[rank : per_rank * world : world][start:].tolist()
+        if self.tag_epoch:
+            return iter([(i, self.epoch) for i in mine])
+        return iter(mine)
 
 
 class RankStridedSampler(Sampler[int]):

@@ -35,7 +35,14 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from datamodules.augment import AugmentSpec, decode_train, decode_val, normalize_batch
+from datamodules.augment import (
+    AugmentSpec,
+    decode_train,
+    decode_val,
+    normalize_batch,
+    rand_augment_check,
+    seed_batch_rngs,
+)
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
 from datamodules.samplers import ResumePosition
@@ -220,7 +227,7 @@ class ShardStream(IterableDataset):
         produced = 0
         images: list[Any] = []
         labels: list[int] = []
-        torch.manual_seed(hash((self.seed, self.epoch, slot, produced)) & 0x7FFFFFFF)
+        seed_batch_rngs(hash((self.seed, self.epoch, slot, produced)) & 0x7FFFFFFF)
         for sample in samples:
             decoded = self._decode(sample, skips, decode=produced >= skip)
             if decoded is None:
@@ -230,7 +237,7 @@ class ShardStream(IterableDataset):
             if len(images) < self.batch_size:
                 continue
             produced += 1
-            torch.manual_seed(hash((self.seed, self.epoch, slot, produced)) & 0x7FFFFFFF)
+            seed_batch_rngs(hash((self.seed, self.epoch, slot, produced)) & 0x7FFFFFFF)
             if produced <= skip:
                 images, labels = [], []
                 continue
@@ -319,6 +326,8 @@ class WebDatasetDataModule(SplitDataModule):
         num_workers: int = 4,
         shuffle_buffer: int = 1000,
         seed: int = 0,
+        interpolation: str = "bilinear",
+        rand_augment: str | None = None,
         **ignored: Any,
     ) -> None:
         location = shards or root
@@ -332,7 +341,10 @@ class WebDatasetDataModule(SplitDataModule):
         super().__init__(self.index["classes"], split, half, batch_size, num_workers, seed)
         self.set_name = self._pick_set()
         self.spec = AugmentSpec(train_resolution=image_size, val_resolution=val_image_size or image_size,
-                                scale=(float(scale[0]), float(scale[1])), crop_ratio=crop_ratio)
+                                scale=(float(scale[0]), float(scale[1])), crop_ratio=crop_ratio,
+                                interpolation=interpolation, rand_augment=rand_augment)
+        if rand_augment:
+            rand_augment_check(rand_augment)
         self.shuffle_buffer = shuffle_buffer
         self._skipped_local: set[str] = set()  # ids of the samples this rank skipped
         self.samples_skipped = 0  # distinct skipped samples of all ranks (teardown() merges the ranks' sets)

@@ -460,10 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_cli)
 
-    from launch import data_cli, filters_cli
+    from launch import data_cli, filters_cli, gpu_bench_cli
 
     data_cli.add_parsers(sub, bench)
     filters_cli.add_parsers(sub)
+    gpu_bench_cli.add_parsers(bench)
     return p
 
 

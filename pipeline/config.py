@@ -39,7 +39,8 @@ class DataConfig:
     half: str = "B"  # which half of the split this cell trains and evaluates on
     image_size: int = 32
     batch_size: int = 128  # per device
-    num_workers: int = 0
+    num_workers: int | None = None  # None = 0 (decode in the training process), but under Slurm the image loaders
+    # (folder/wds/ffcv) use SLURM_CPUS_PER_TASK - 1, so a cluster job never decodes JPEGs in its training process
     max_train_samples: int | None = None  # a seeded, stratified subset of this many images, for quick runs
     max_val_samples: int | None = None
     loader: str = "default"  # default (the dataset's own reader) | folder | wds | ffcv (the last two read data.shards)
@@ -64,12 +65,22 @@ class InitConfig:
 
 
 @dataclass
+class EmaConfig:
+    """timm's ModelEmaV3 over the trainable weights; its copy is validated (val_ema/*), checkpointed, resumed."""
+
+    decay: float = 0.9999  # ConvNeXt's model EMA decay
+    warmup: bool = False  # timm's EMA warmup (decay ramps up from 0 over the first steps)
+    every_n_steps: int = 1  # update after every N optimizer steps
+
+
+@dataclass
 class ModelConfig:
     arch: str = "convnext_demo"  # any timm model name, or one registered in pipeline.models
     init: InitConfig = field(default_factory=InitConfig)  # depthwise kernel initialisation
     drop_path_rate: float = 0.0
     channels_last: bool = False  # faster convolutions on tensor-core GPUs
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile the model (nn.Module.compile: checkpoint keys unchanged)
+    ema: EmaConfig | None = None  # an exponential moving average of the weights (timm ModelEmaV3), evaluated too
 
 
 @dataclass
@@ -84,6 +95,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # cosine ends at lr * min_lr_ratio
     lr_scaling: str = "none"  # none | linear: lr *= global_batch / base_batch_size
     base_batch_size: int = 256
+    warmup_epochs: float | None = None  # warmup in epochs (recipes), converted to steps; overrides warmup_steps
+    layer_decay: float | None = None  # layer-wise lr decay (timm's param groups, e.g. 0.8 for ConvNeXt-B ft)
 
 
 @dataclass
@@ -100,7 +113,30 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None  # also checkpoint mid-epoch, bounding work lost to a crash
     log_every_n_steps: int = 10
     deterministic: bool = False
-    progress_bar: bool = True
+    progress_bar: bool = True  # forced off under Slurm (a bar floods the job log)
+    gradient_clip_val: float | None = None  # Lightning's gradient clipping; None = off
+    gradient_clip_algorithm: str = "norm"  # norm | value
+    accumulate_grad_batches: int = 1  # optimizer step every N batches (global batch x N)
+
+
+@dataclass
+class AugmentConfig:
+    """The ImageNet recipe's regularisers (timm's pieces); all off by default.
+
+    ``rand_augment`` and ``interpolation`` act in the loaders (per image, on the CPU); random erasing and
+    Mixup/CutMix act on the device, on the normalised training batch, in this order (timm's prefetcher order).
+    """
+
+    rand_augment: str | None = None  # timm RandAugment config string, e.g. rand-m9-mstd0.5-inc1
+    interpolation: str = "bilinear"  # bilinear | bicubic: training crop resize (and validation resize)
+    mixup: float = 0.0  # Mixup alpha (0 = off)
+    cutmix: float = 0.0  # CutMix alpha (0 = off)
+    mixup_prob: float = 1.0  # probability of applying Mixup or CutMix to a batch
+    mixup_switch_prob: float = 0.5  # probability of CutMix instead of Mixup when both are on
+    mixup_mode: str = "batch"  # batch | pair | elem (timm's Mixup modes)
+    reprob: float = 0.0  # random erasing probability per image (0 = off)
+    remode: str = "pixel"  # const | rand | pixel (timm's RandomErasing modes)
+    recount: int = 1  # erased boxes per image
 
 
 @dataclass
@@ -150,6 +186,7 @@ class CellConfig:
     transfer: TransferConfig | None = None
     wandb: WandbConfig = field(default_factory=WandbConfig)
     labels: dict[str, Any] = field(default_factory=dict)  # free-form tags a sweep attaches (stage, variant, ...)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # RandAugment, erasing, Mixup/CutMix
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

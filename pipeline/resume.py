@@ -45,10 +45,25 @@ def is_valid_checkpoint(path: Path) -> bool:
     return isinstance(ckpt, dict) and "state_dict" in ckpt and "loops" in ckpt
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The ``global_step`` stored in a Lightning checkpoint, or None if it does not load (torn, missing)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:
+        return None
+    if not (isinstance(ckpt, dict) and "state_dict" in ckpt and "loops" in ckpt):
+        return None
+    return int(ckpt.get("global_step", 0))
+
+
 def newest_valid_checkpoint(candidates: list[Path]) -> Path | None:
-    """The most recently written checkpoint among ``candidates`` that loads; torn or missing ones are skipped."""
-    existing = sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    return next((p for p in existing if is_valid_checkpoint(p)), None)
+    """The valid checkpoint among ``candidates`` that got furthest (highest stored global_step).
+
+    Chosen by what the files hold, never by modification time: on shared filesystems ranks can see different
+    mtimes, and every rank must resume from the same step. Ties go to the earlier candidate (the caller's order).
+    """
+    steps = [(step, -i, p) for i, p in enumerate(candidates) if p.is_file() and (step := checkpoint_step(p)) is not None]
+    return max(steps)[2] if steps else None
 
 
 class TrainingState(L.Callback):
@@ -72,24 +87,68 @@ class TrainingState(L.Callback):
         epoch, done = self.epoch, self.batches_done
         if self.batches_per_epoch and done >= self.batches_per_epoch:  # saved at an epoch's end
             epoch, done = epoch + 1, 0
-        return {
-            "epoch": epoch, "batches_done": done,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # plain lists: checkpoints must load with torch.load(weights_only=True)
-            "numpy_rng": _numpy_state(),
-            "python_rng": random.getstate(),
-        }
+        own = _rng_states()
+        # Lightning writes rank 0's callback state only, but every rank calls this (collectively) when a checkpoint
+        # is saved: gather each rank's generators so that each rank restores its own streams (drop path on its
+        # GPU, its loader's augmentations), not rank 0's
+        ranks = _gather(own)
+        return {"epoch": epoch, "batches_done": done, **own, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.position.set(state["epoch"], state["batches_done"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        name, keys, pos, has_gauss, gauss = state["numpy_rng"]
-        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-        random.setstate(state["python_rng"])
+        rank = _rank()
+        ranks = state.get("ranks") or []
+        _set_rng_states(ranks[rank] if rank < len(ranks) else state)
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _gather(own: dict[str, Any]) -> list[dict[str, Any]]:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [own]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, own)
+    return gathered
+
+
+def _rng_states() -> dict[str, Any]:
+    return {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": _own_cuda_rng(),
+        # plain lists: checkpoints must load with torch.load(weights_only=True)
+        "numpy_rng": _numpy_state(),
+        "python_rng": random.getstate(),
+    }
+
+
+def _set_rng_states(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    _restore_own_cuda_rng(state["cuda_rng"])
+    name, keys, pos, has_gauss, gauss = state["numpy_rng"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python_rng"])
+
+
+def _own_cuda_rng() -> list[torch.Tensor]:
+    """[state of this process's current CUDA device], or [] without CUDA."""
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_rng_state(torch.cuda.current_device())]
+
+
+def _restore_own_cuda_rng(states: list[torch.Tensor]) -> None:
+    """Set the current device's generator from a saved [state]; never indexes devices this node lacks.
+
+    Older checkpoints hold every device's state (get_rng_state_all); their first entry is the saving rank's device
+    0, the best available match, and no IndexError on a node with fewer GPUs.
+    """
+    if states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states[0], torch.cuda.current_device())
 
 
 def _numpy_state() -> list[Any]:

@@ -33,23 +33,70 @@ from datamodules import SplitDataModule, build_datamodule
 from datamodules.errors import UserError
 from pipeline.classifier import OPTIMIZERS, ImageClassifier
 from pipeline.config import CellConfig, WandbConfig, dump_yaml, to_dict
+from pipeline.monitoring import monitoring_callbacks
 from pipeline.resume import AtomicCheckpointIO, TrainingState, newest_valid_checkpoint
 from pipeline.run_folder import LAST_CKPT, PREEMPT_CKPT, RESULT_FILE, read_result  # noqa: F401  (torch-free home)
 from pipeline.transfer import TransferSpec
 from pipeline.weights import WEIGHTS_FILE, save_weights
 
+EMA_WEIGHTS_FILE = "weights_ema.safetensors"  # the EMA copy (model.ema), a plain timm state_dict like weights
+
+
+IMAGE_LOADERS = ("folder", "wds", "ffcv")
+
+
+def resolve_num_workers(cfg: CellConfig) -> int:
+    """``data.num_workers: null`` = 0, except for an image loader under Slurm: SLURM_CPUS_PER_TASK - 1.
+
+    Decoding JPEGs in the training process starves a GPU; the job's own CPU allocation (one core left for the
+    training process itself) is what the node gave this task.
+    """
+    if cfg.data.num_workers is not None:
+        return cfg.data.num_workers
+    image_loader = cfg.data.loader in IMAGE_LOADERS or cfg.data.dataset == "image_folder"
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if image_loader and cpus.isdigit():
+        return max(0, int(cpus) - 1)
+    return 0
+
 
 def build_datamodule_for(cfg: CellConfig) -> SplitDataModule:
     data = asdict(cfg.data)
     dataset = data.pop("dataset")
+    data["num_workers"] = resolve_num_workers(cfg)
+    if cfg.augment.rand_augment:
+        data["rand_augment"] = cfg.augment.rand_augment
+    if cfg.augment.interpolation != "bilinear":
+        data["interpolation"] = cfg.augment.interpolation
     return build_datamodule(dataset, seed=cfg.seed, **data)
 
 
 def resolve_precision(precision: str) -> str:
-    """'auto' means bf16 autocast where it pays (CUDA) and full fp32 on CPU, where bf16 is slow."""
+    """'auto' means bf16 autocast where it pays (CUDA) and full fp32 on CPU, where bf16 is slow.
+
+    On a GPU without native bf16 (before Ampere) torch *emulates* bf16, which is slower than fp32: use fp16
+    autocast (with its loss scaler) there instead.
+    """
     if precision != "auto":
         return precision
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+
+
+def configure_cuda() -> None:
+    """cuDNN autotuning (fixed input sizes) and TF32 matmuls/convolutions where fp32 runs on an Ampere+ GPU."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def under_slurm() -> bool:
+    """Inside a Slurm job writing to a log file (not an interactive `srun --pty`), where a bar floods the log."""
+    import sys
+
+    return bool(os.environ.get("SLURM_JOB_ID")) and not sys.stderr.isatty()
 
 
 def wandb_mode(cfg: WandbConfig) -> str:
@@ -84,7 +131,7 @@ def make_loggers(cfg: CellConfig, run_dir: Path) -> list[Logger]:
             name=w.name or run_dir.name, tags=list(w.tags), save_dir=str(run_dir),
             id=run_id, resume="allow", mode=mode, config=to_dict(cfg),
         )
-        if previous:
+        if previous and _global_rank() == 0:  # only rank 0 owns the run dir (other ranks' experiment is a dummy)
             _continue_offline_run(logger, previous, earlier_attempts)
         loggers.append(logger)
     return loggers
@@ -113,6 +160,13 @@ def _continue_offline_run(logger: Logger, previous: list[Path], attempts: list[P
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _global_rank() -> int:
+    """This process's global rank before the Trainer exists (Lightning's own environment lookup)."""
+    from lightning.fabric.utilities.rank_zero import _get_rank
+
+    return _get_rank() or 0
+
+
 def merge_metrics(run_dir: Path) -> None:
     """Concatenate every attempt's logs/version_*/metrics.csv into run_dir/metrics.csv (resumes included)."""
     parts = sorted((run_dir / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
@@ -137,10 +191,42 @@ def validate_config(cfg: CellConfig) -> None:
         raise UserError(f"unknown optim.lr_scaling {cfg.optim.lr_scaling!r}; use none or linear")
     if cfg.transfer is not None and not cfg.transfer.base and cfg.transfer.init != "random":
         raise UserError("transfer.base is empty; set it to the base cell's run directory (or use init: random)")
+    validate_recipe(cfg)
+
+
+def validate_recipe(cfg: CellConfig) -> None:
+    """The recipe keys: choices, ranges, and what a loader cannot do (one line each)."""
+    a, t, o = cfg.augment, cfg.trainer, cfg.optim
+    from datamodules.augment import INTERPOLATIONS
+
+    if a.interpolation not in INTERPOLATIONS:
+        raise UserError(f"unknown augment.interpolation {a.interpolation!r}; use one of {', '.join(INTERPOLATIONS)}")
+    if a.mixup_mode not in ("batch", "pair", "elem"):
+        raise UserError(f"unknown augment.mixup_mode {a.mixup_mode!r}; use batch, pair or elem")
+    if a.remode not in ("const", "rand", "pixel"):
+        raise UserError(f"unknown augment.remode {a.remode!r}; use const, rand or pixel")
+    for key in ("reprob", "mixup_prob", "mixup_switch_prob"):
+        if not 0.0 <= getattr(a, key) <= 1.0:
+            raise UserError(f"augment.{key} = {getattr(a, key)} must be between 0 and 1")
+    if a.mixup < 0 or a.cutmix < 0:
+        raise UserError("augment.mixup and augment.cutmix are Beta alphas: use 0 (off) or a positive value")
+    if (a.mixup > 0 or a.cutmix > 0) and cfg.data.batch_size % 2:
+        raise UserError(f"Mixup/CutMix needs an even data.batch_size (timm mixes each batch with its reverse); "
+                        f"got {cfg.data.batch_size}")
+    if t.gradient_clip_algorithm not in ("norm", "value"):
+        raise UserError(f"unknown trainer.gradient_clip_algorithm {t.gradient_clip_algorithm!r}; use norm or value")
+    if t.accumulate_grad_batches < 1:
+        raise UserError(f"trainer.accumulate_grad_batches must be >= 1, got {t.accumulate_grad_batches}")
+    if o.layer_decay is not None and not 0.0 < o.layer_decay <= 1.0:
+        raise UserError(f"optim.layer_decay = {o.layer_decay} must be in (0, 1]; ConvNeXt fine-tuning uses 0.7-0.8")
+    ema = cfg.model.ema
+    if ema is not None and (not 0.0 < ema.decay < 1.0 or ema.every_n_steps < 1):
+        raise UserError("model.ema.decay must be in (0, 1) and model.ema.every_n_steps >= 1")
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
-    """Newest valid checkpoint of the cell: last.ckpt, the preemption checkpoint or a Lightning hpc_ckpt."""
+    """Furthest valid checkpoint of the cell (highest stored global_step): last.ckpt, the preemption checkpoint
+    or a Lightning hpc_ckpt. The step is read from the files, so every rank picks the same one."""
     ckpt_dir = run_dir / "checkpoints"
     return newest_valid_checkpoint([ckpt_dir / LAST_CKPT, ckpt_dir / PREEMPT_CKPT, *run_dir.glob("hpc_ckpt_*.ckpt")])
 
@@ -173,7 +259,9 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
     devices_per_node = _device_count(cfg)
     module = ImageClassifier(
         cfg.model, cfg.optim, num_classes=datamodule.num_classes, transfer=spec,
-        global_batch_size=cfg.data.batch_size * devices_per_node * cfg.trainer.num_nodes,
+        global_batch_size=cfg.data.batch_size * devices_per_node * cfg.trainer.num_nodes
+        * cfg.trainer.accumulate_grad_batches,
+        augment=cfg.augment,
     )
     # ---- from here on the input is known to be good: write the run directory ----
     ckpt_dir = run_dir / "checkpoints"
@@ -187,6 +275,7 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
                         save_last=True, enable_version_counter=False),
     ]
     callbacks.append(TrainingState(datamodule.position))
+    callbacks.extend(monitoring_callbacks(cfg.data.batch_size))
     if cfg.trainer.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                                          every_n_train_steps=cfg.trainer.checkpoint_every_n_steps))
@@ -196,15 +285,18 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=resolve_precision(t.precision), limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, enable_model_summary=False,
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar and not under_slurm(),
+        enable_model_summary=False, gradient_clip_val=t.gradient_clip_val,
+        gradient_clip_algorithm=t.gradient_clip_algorithm, accumulate_grad_batches=t.accumulate_grad_batches,
         logger=make_loggers(cfg, run_dir), callbacks=callbacks, plugins=[AtomicCheckpointIO(), *(plugins or [])],
         use_distributed_sampler=False,  # our samplers split ranks themselves, and can resume mid-epoch
     )
     resume_from = resume_checkpoint(run_dir)
+    configure_cuda()
     start = time.time()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     wall = time.time() - start
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "val_ema/"))}
     if "val/top1" not in metrics:  # resumed a run that had already reached its end: measure it again
         metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
     nodes = _node_names(trainer)
@@ -212,6 +304,8 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
         return {}
     merge_metrics(run_dir)
     save_weights(module.model, run_dir / WEIGHTS_FILE, cfg.model.arch, datamodule.num_classes)
+    if module.ema is not None:
+        save_weights(module.ema.module, run_dir / EMA_WEIGHTS_FILE, cfg.model.arch, datamodule.num_classes)
     result = {
         "status": "finished",
         "arch": cfg.model.arch,
@@ -219,6 +313,8 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
         "top1": metrics.get("val/top1"),
         "top5": metrics.get("val/top5"),
         "val_loss": metrics.get("val/loss"),
+        **({"ema_top1": metrics.get("val_ema/top1"), "ema_top5": metrics.get("val_ema/top5")}
+           if module.ema is not None else {}),
         "epochs": trainer.current_epoch,
         "steps": trainer.global_step,
         "wall_time_s": round(wall, 3),

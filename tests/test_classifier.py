@@ -44,6 +44,7 @@ def test_channels_last_gives_the_same_logits() -> None:
 
 def test_precision_auto_is_bf16_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert resolve_precision("auto") == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("auto") == "32-true"
@@ -59,3 +60,59 @@ def test_bench_train_prints_both_loops_and_the_ratio(capsys: pytest.CaptureFixtu
     assert "plain PyTorch" in out and "Lightning" in out and "Lightning / plain =" in out
     assert result["plain_ms_per_step"] > 0 and result["lightning_ms_per_step"] > 0
     assert result["overhead"] == pytest.approx(result["lightning_ms_per_step"] / result["plain_ms_per_step"] - 1)
+    assert "monitoring hooks" in out and 0 < result["monitoring_ms_per_step"] < result["lightning_ms_per_step"]
+
+
+# ---- GPU-path defects, tested on CPU (only the GPU itself is mocked) -----------------------------------------
+def test_precision_auto_picks_fp16_where_bf16_is_only_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert resolve_precision("auto") == "16-mixed"  # e.g. a V100: bf16 emulated, slower than fp32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto") == "bf16-mixed"
+
+
+def test_compile_keeps_checkpoint_keys() -> None:
+    plain = ImageClassifier(ModelConfig(arch="resnet_demo"), OptimConfig(), num_classes=5)
+    compiled = ImageClassifier(ModelConfig(arch="resnet_demo", compile=True), OptimConfig(), num_classes=5)
+    assert list(compiled.state_dict()) == list(plain.state_dict()), "compile must not add or rename keys"
+    compiled.load_state_dict(plain.state_dict())  # strict: a run resumes after toggling compile
+
+
+def test_batches_take_the_models_memory_format_and_dtype() -> None:
+    seen: list[torch.Tensor] = []
+    module = ImageClassifier(ModelConfig(arch="resnet_demo"), OptimConfig(), num_classes=5).eval()
+    module.model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)  # as FFCV/wds hand them over
+    module(x)
+    assert seen[-1].is_contiguous() and not seen[-1].is_contiguous(memory_format=torch.channels_last)
+    module.to(torch.bfloat16)  # what Lightning does under bf16-true, after which a float32 batch arrives
+    module(torch.randn(2, 3, 32, 32))
+    assert seen[-1].dtype == torch.bfloat16
+
+
+def test_uint8_normalisation_keeps_mean_and_std_on_the_device_once() -> None:
+    from datamodules import augment
+
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    first = augment.normalize_batch(images)
+    cached = augment._NORM_CACHE[images.device]
+    augment.normalize_batch(images)
+    assert augment._NORM_CACHE[images.device][0] is cached[0], "mean/std must not be rebuilt per batch"
+    expected = (images.float() / 255 - torch.tensor(augment.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        augment.IMAGENET_STD).view(1, 3, 1, 1)
+    assert torch.allclose(first, expected, atol=1e-5)
+
+
+def test_cuda_runs_use_cudnn_autotuning_and_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.train import configure_cuda
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    previous = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        configure_cuda()
+        assert torch.backends.cudnn.benchmark is True
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -103,3 +103,105 @@ def test_wandb_offline_run_never_stores_the_api_key(tmp_path: Path, monkeypatch:
     for path in run.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), f"API key leaked into {path}"
+
+
+# ---- GPU-path defects, tested on CPU (only the GPU itself is mocked) -----------------------------------------
+def test_resume_picks_the_furthest_checkpoint_not_the_newest_file(tmp_path: Path) -> None:
+    from pipeline.train import resume_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    for name, step in (("last.ckpt", 40), ("preempt.ckpt", 25)):
+        torch.save({"state_dict": {}, "loops": {}, "global_step": step}, ckpts / name)
+    os.utime(ckpts / "last.ckpt", (1, 1))  # an NFS client can see the further checkpoint as older
+    (ckpts / "torn.ckpt").write_bytes(b"not a checkpoint")
+    assert resume_checkpoint(tmp_path) == ckpts / "last.ckpt"
+
+
+class _FakeCuda:
+    """Four GPUs whose generator states are distinguishable; only torch.cuda's RNG calls are replaced."""
+
+    def __init__(self, count: int, current: int) -> None:
+        self.states = {i: torch.full((8,), i, dtype=torch.uint8) for i in range(count)}
+        self.current, self.count = current, count
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: self.current)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=0: self.states[device].clone())
+
+        def set_state(state: torch.Tensor, device: int = 0) -> None:
+            if device >= self.count:
+                raise IndexError(device)
+            self.states[device] = state.clone()
+
+        monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+
+
+def test_each_rank_saves_and_restores_its_own_cuda_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datamodules.samplers import ResumePosition
+    from pipeline import resume
+
+    gpus = _FakeCuda(count=4, current=2)  # local rank 2 of a 4-GPU node
+    gpus.install(monkeypatch)
+    state = resume.TrainingState(ResumePosition()).state_dict()
+    assert len(state["cuda_rng"]) == 1 and int(state["cuda_rng"][0][0]) == 2, "only this rank's device"
+    # rank 0 writes the checkpoint with every rank's state (gathered); rank 2 must get its own back
+    ranks = [{**state, "cuda_rng": [torch.full((8,), 10 + r, dtype=torch.uint8)]} for r in range(4)]
+    monkeypatch.setattr(resume, "_rank", lambda: 2)
+    resume.TrainingState(ResumePosition()).load_state_dict({**state, "ranks": ranks})
+    assert int(gpus.states[2][0]) == 12 and int(gpus.states[0][0]) == 0, "rank 2 restored its own stream only"
+    # resumed on a node with one GPU, from an old checkpoint holding four devices' states: no IndexError
+    one = _FakeCuda(count=1, current=0)
+    one.install(monkeypatch)
+    monkeypatch.setattr(resume, "_rank", lambda: 0)
+    old = {**state, "cuda_rng": [torch.full((8,), 20 + d, dtype=torch.uint8) for d in range(4)]}
+    old.pop("ranks")
+    resume.TrainingState(ResumePosition()).load_state_dict(old)
+    assert int(one.states[0][0]) == 20
+
+
+def test_slurm_defaults_loader_workers_and_turns_the_progress_bar_off(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    from pipeline.train import resolve_num_workers, under_slurm
+
+    folder = cell_config(tmp_path, data={"dataset": "image_folder", "loader": "folder", "root": "/x"})
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert resolve_num_workers(folder) == 0 and not under_slurm()
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    monkeypatch.setenv("SLURM_JOB_ID", "123")
+    assert resolve_num_workers(folder) == 7
+    assert resolve_num_workers(cell_config(tmp_path)) == 0, "Fashion-MNIST batches are tensors: no workers needed"
+    assert resolve_num_workers(cell_config(tmp_path, data={"num_workers": 2})) == 2, "an explicit value wins"
+    assert under_slurm()  # pytest's stderr is not a terminal, as a batch job's is not
+
+
+def test_offline_wandb_clean_up_runs_on_rank_zero_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.train import make_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "cell"
+    earlier = run / "wandb" / "offline-run-20260101_000000-cid42"
+    earlier.mkdir(parents=True)
+    monkeypatch.setenv("RANK", "1")  # a rank > 0 of a DDP job: its W&B experiment is a dummy with a truthy id
+    make_loggers(cell_config(run, wandb={"enabled": True}, labels={"cell_id": "cid42"}), run)
+    assert earlier.is_dir(), "a rank other than 0 deleted rank 0's offline run"
+
+
+def test_bf16_true_precision_trains_with_the_normalisation_hooks(tmp_path: Path) -> None:
+    result = train_cell(cell_config(tmp_path / "cell", trainer={"precision": "bf16-true"}))
+    assert result["steps"] == 8 and result["top1"] is not None
+
+
+def test_a_run_resumes_after_toggling_compile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch 1 without compile, then the same cell with `model.compile: true` resumes from its checkpoint."""
+    original = torch.nn.Module.compile
+    # TorchDynamo's tracing and guards without inductor's code generation (minutes on this CPU)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager"))
+    run = tmp_path / "cell"
+    train_cell(cell_config(run, trainer={"max_epochs": 1}))
+    (run / "result.json").unlink()  # pretend the cell was stopped after epoch 1 of 2
+    result = train_cell(cell_config(run, model={"arch": "convnext_demo", "compile": True},
+                                    trainer={"max_epochs": 2}))
+    assert result["resumed"] is True and result["steps"] == 16
