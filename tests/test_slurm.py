@@ -350,10 +350,11 @@ def test_rerun_leaves_queued_and_finished_cells_alone(tmp_path: Path, capsys: py
     wait_for(all_finished(sweep), 300, "the cells")
     wait_for(lambda: all(job_state(e["job_id"]) == "COMPLETED" for e in first.values()), 60, "the jobs to exit")
     submit(sweep, profiles)
-    assert "2 already finished, 0 to run" in capsys.readouterr().out
+    cells = len(first)
+    assert cells >= 1 and f"{cells} already finished, 0 to run" in capsys.readouterr().out
     assert main(["sweep", "status", str(tmp_path / "out")]) == 0
     status = capsys.readouterr().out
-    assert "COMPLETED" in status and "finished: 2" in status, status
+    assert "COMPLETED" in status and f"finished: {cells}" in status, status
 
 
 def test_cancel_stops_every_array_of_the_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -454,4 +455,4 @@ def test_bench_sweep_plans_10000_cells_and_submits_arrays_within_max_array_size(
     assert result["cells"] == 10010
     assert result["sbatch_calls"] == 1 + 10  # 110 base cells; 9,900 transfer cells in arrays of 1,000
     out = capsys.readouterr().out
-    assert "plan (cold" in out and "sbatch calls" in out
+    assert "plan (unit counts" in out and "sbatch calls" in out
