@@ -135,7 +135,11 @@ class SweepConfig(_Strict):
 
     def recipe_train(self, recipe: str | None) -> dict[str, Any]:
         """The training sections of an arch entry's recipe (loaded by :func:`parse_sweep`); {} without one."""
-        return self._recipes[recipe] if recipe else {}
+        if not recipe:
+            return {}
+        if recipe not in self._recipes:  # a SweepConfig built in code, not through parse_sweep / load_sweep
+            raise UserError(f"recipe {recipe} was never loaded; build the sweep with parse_sweep or load_sweep")
+        return self._recipes[recipe]
 
     def arch_recipes(self) -> dict[str, str | None]:
         """Arch -> the recipe its listed entries give it (for the source bases of cross-arch entries)."""
