@@ -169,16 +169,20 @@ class _Planner:
         self.wandb = to_dict(sweep.wandb_config())
         self.template_hash: dict[str, str] = {}
         self.ids: set[str] = set()
-        self.bases: dict[tuple[str, str, int], str] = {}  # (arch, dataset, seed) -> base cell id
+        self.bases: dict[tuple[str, str | None, str, int], str] = {}  # (arch, recipe, dataset, seed) -> base id
+        self.arch_recipes = sweep.arch_recipes()
         self.transfer_cells: list[Cell] = []
 
-    def template(self, stage: str, arch: str, dataset: str) -> str:
-        key = f"{stage}|{arch}|{dataset}"
+    def template(self, stage: str, arch: str, dataset: str, recipe: str | None = None) -> str:
+        """The shared config of (stage, arch, dataset, recipe): defaults < recipe < sweep train < stages.<stage>."""
+        key = f"{stage}|{arch}|{dataset}" + (f"|{recipe}" if recipe else "")
         if key not in self.template_hash:
             stage_spec = getattr(self.sweep.stages, stage).model_dump()
             train = _merge(self.sweep.train.model_dump(), stage_spec)
+            recipe_train = self.sweep.recipe_train(recipe)
             config = to_dict(CellConfig())
             for section in TRAIN_SECTIONS:
+                config[section] = _merge(config[section], recipe_train.get(section) or {})
                 config[section] = _merge(config[section], train.get(section) or {})
             config["model"]["arch"] = arch
             config["data"] = _merge(config["data"], self.datasets[dataset])
@@ -201,11 +205,11 @@ class _Planner:
         (self.plan.cells if cell.stage == "base" else self.transfer_cells).append(cell)
         return cid
 
-    def base(self, arch: str, dataset: str, seed: int) -> str:
-        key = (arch, dataset, seed)
+    def base(self, arch: str, dataset: str, seed: int, recipe: str | None) -> str:
+        key = (arch, recipe, dataset, seed)
         if key not in self.bases:
             cell = Cell("", "base", arch, f"base-{dataset}", None, seed, "", [], "", "", target=dataset,
-                        template=self.template("base", arch, dataset), overrides={})
+                        template=self.template("base", arch, dataset, recipe), overrides={})
             self.bases[key] = self.add(cell, None)
         return self.bases[key]
 
@@ -213,8 +217,9 @@ class _Planner:
                  seed: int) -> None:
         sweep = self.sweep
         overrides: dict[str, Any] = {}
-        reference = self.base(entry.arch, target, seed)
+        reference = self.base(entry.arch, target, seed, entry.recipe)
         source_arch = entry.source_arch or entry.arch
+        source_recipe = entry.recipe if source_arch == entry.arch else self.arch_recipes.get(source_arch)
         depends: list[str] = []
         if variant.model_init is not None:
             overrides["model"] = {"init": dict(variant.model_init)}
@@ -233,14 +238,14 @@ class _Planner:
                     external = sweep.sources[source_label]
                     transfer.update(base=external.weights, base_file=external.file)
                 else:
-                    transfer["base"] = self.base(source_arch, source_label, seed)  # the id; a path in the config
+                    transfer["base"] = self.base(source_arch, source_label, seed, source_recipe)  # id; path in config
                     depends = [transfer["base"]]
                 if entry.mapping is not None or source_arch != entry.arch:
                     transfer["mapping"] = _merge(to_dict(MappingConfig()), entry.mapping or {})
             overrides["transfer"] = transfer
         cell = Cell("", "transfer", entry.arch, variant.name, depth, seed, unit_kind, depends, "", "",
                     source=source_label, target=target, source_arch=source_arch, reference=reference,
-                    template=self.template("transfer", entry.arch, target), overrides=overrides)
+                    template=self.template("transfer", entry.arch, target, entry.recipe), overrides=overrides)
         self.add(cell, variant.name)
 
 
@@ -262,7 +267,7 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
                 raise UserError(f"depth {d} is outside {entry.arch}'s {entry.unit_kind} units 1..{count}; fix depths")
         for seed in sweep.seeds:
             for pair in pairs:
-                planner.base(entry.arch, pair.target, seed)
+                planner.base(entry.arch, pair.target, seed, entry.recipe)
                 for variant in variants:
                     for depth in [None] if variant.depthless else depths:
                         planner.transfer(entry, variant, pair.source, pair.target, depth, seed)

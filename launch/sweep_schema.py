@@ -8,21 +8,35 @@ and **transfers** as source -> target pairs. The old format (one ``data`` sectio
 Validation errors become one :class:`UserError` line naming the key path and the fix. Cell-level sections
 (``data``, ``train``, ``stages``, ``wandb``, ``mapping``) are checked against the cell dataclasses of
 :mod:`pipeline.config`, the single definition of a cell.
+
+**Recipes.** An arch entry's ``recipe:`` names a file holding published training hyperparameters
+(``configs/recipes/*.yaml``, shape ``train: {model, optim, trainer, augment}``). Recipes belong to arch entries
+because they are per architecture family and one sweep mixes ResNets and ConvNeXts. The recipe applies to every
+cell of that entry, both stages (a transfer cell retrains under the recipe its base was trained with); the source
+base of a cross-arch entry trains under the recipe the sweep gives ``source_arch``'s own entries (none if it is not
+listed). A cell's training sections are merged, later winning:
+
+    cell defaults < the arch's recipe < the sweep's ``train`` < ``stages.<stage>``
+
+A relative path is looked up next to the sweep file first, then among the shipped configs
+(``recipes/convnext_in1k.yaml`` works from an installed package). The recipe's values are part of the cell's
+resolved config, so they are part of its id: editing a recipe re-plans its cells as new ones.
 """
 
 from __future__ import annotations
 
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from datamodules.errors import UserError
 from pipeline.config import CellConfig, DataConfig, MappingConfig, WandbConfig, from_dict, load_yaml
 
 STAGES = ("base", "transfer")
-TRAIN_SECTIONS = ("model", "optim", "trainer")
+TRAIN_SECTIONS = ("model", "optim", "trainer", "augment")
 UnitKind = Literal["depthwise", "pointwise", "both", "block"]
 Kind = Literal["depth_curve", "retention", "matrix"]
 
@@ -38,6 +52,7 @@ class ArchSpec(_Strict):
     unit_kind: UnitKind = "depthwise"
     source_arch: str | None = None  # copy from a model of this arch (default: the same arch)
     mapping: dict[str, Any] | None = None  # transfer.mapping policy: {units, channels, kernel, seed}
+    recipe: str | None = None  # a recipe file (train: {model, optim, trainer, augment}) under this entry's cells
 
 
 class SourceSpec(_Strict):
@@ -56,6 +71,13 @@ class TrainSpec(_Strict):
     model: dict[str, Any] = Field(default_factory=dict)
     optim: dict[str, Any] = Field(default_factory=dict)
     trainer: dict[str, Any] = Field(default_factory=dict)
+    augment: dict[str, Any] = Field(default_factory=dict)
+
+
+class RecipeFile(_Strict):
+    """A recipe file: the training sections a sweep's ``train`` takes (no data: resolutions are the sweep's)."""
+
+    train: TrainSpec
 
 
 class StagesSpec(_Strict):
@@ -94,6 +116,7 @@ class SweepConfig(_Strict):
     wandb: dict[str, Any] = Field(default_factory=dict)
     slurm: dict[str, Any] = Field(default_factory=dict)  # {profiles: {base: NAME, transfer: NAME}} (a SlurmSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    _recipes: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)  # recipe as written -> its train
 
     # -- derived views, after validation ----------------------------------------------------------------------
     def dataset_sections(self) -> dict[str, dict[str, Any]]:
@@ -110,6 +133,18 @@ class SweepConfig(_Strict):
     def wandb_config(self) -> WandbConfig:
         return from_dict(WandbConfig, self.wandb, "wandb.")
 
+    def recipe_train(self, recipe: str | None) -> dict[str, Any]:
+        """The training sections of an arch entry's recipe (loaded by :func:`parse_sweep`); {} without one."""
+        if not recipe:
+            return {}
+        if recipe not in self._recipes:  # a SweepConfig built in code, not through parse_sweep / load_sweep
+            raise UserError(f"recipe {recipe} was never loaded; build the sweep with parse_sweep or load_sweep")
+        return self._recipes[recipe]
+
+    def arch_recipes(self) -> dict[str, str | None]:
+        """Arch -> the recipe its listed entries give it (for the source bases of cross-arch entries)."""
+        return {entry.arch: entry.recipe for entry in self.archs}
+
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -118,9 +153,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    """The valid keys of the model at ``loc`` inside :class:`SweepConfig` (for 'valid keys here: ...')."""
-    hint: Any = SweepConfig
+def _fields_at(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    """The valid keys of the model at ``loc`` inside ``root`` (for 'valid keys here: ...')."""
+    hint: Any = root
     for part in loc:
         hint = _unwrap(hint, part)
         if hint is None:
@@ -156,7 +191,7 @@ def _tag_name(tag: str) -> str:
     return tag
 
 
-def _one_line(exc: ValidationError) -> UserError:
+def _one_line(exc: ValidationError, root: type[BaseModel] | None = None) -> UserError:
     """pydantic's multi-line report -> the first problem, as one line with the key path and the fix."""
     errors = exc.errors()
     err = errors[0]
@@ -164,7 +199,7 @@ def _one_line(exc: ValidationError) -> UserError:
     path = ".".join(str(p) for p in loc) or "sweep"
     kind = err["type"]
     if kind == "extra_forbidden":
-        valid = _fields_at(loc[:-1])
+        valid = _fields_at(loc[:-1], root or SweepConfig)
         return UserError(f"unknown key {path}; valid keys here: {', '.join(valid)}")
     if kind == "missing":
         return UserError(f"{path} is required; add it")
@@ -175,8 +210,12 @@ def _one_line(exc: ValidationError) -> UserError:
     return UserError(f"{path} = {value!r} is not valid: {err['msg'].lower()}; fix it")
 
 
-def parse_sweep(raw: Any) -> SweepConfig:
-    """A sweep mapping -> a validated :class:`SweepConfig` (structure, then the cross-references between keys)."""
+def parse_sweep(raw: Any, folder: str | Path | None = None) -> SweepConfig:
+    """A sweep mapping -> a validated :class:`SweepConfig` (structure, then the cross-references between keys).
+
+    ``folder`` is where relative recipe paths are looked up first (the sweep file's folder; default: the
+    current directory), before the shipped configs.
+    """
     if not isinstance(raw, dict):
         raise UserError(f"a sweep must be a mapping of keys, got {type(raw).__name__}")
     try:
@@ -184,11 +223,49 @@ def parse_sweep(raw: Any) -> SweepConfig:
     except ValidationError as exc:
         raise _one_line(exc) from None
     check_sweep(sweep)
+    for i, entry in enumerate(sweep.archs):
+        if entry.recipe and entry.recipe not in sweep._recipes:
+            sweep._recipes[entry.recipe] = load_recipe(find_recipe(entry.recipe, folder, f"archs[{i}].recipe"))
     return sweep
 
 
 def load_sweep(path: Any) -> SweepConfig:
-    return parse_sweep(load_yaml(path) or {})
+    return parse_sweep(load_yaml(path) or {}, Path(path).parent)
+
+
+def find_recipe(name: str, folder: str | Path | None, where: str = "recipe") -> Path:
+    """A recipe path as a sweep writes it -> the file: as given if absolute, else next to the sweep, else shipped."""
+    from configs import config_path
+
+    given = Path(name).expanduser()
+    if given.is_absolute():
+        candidates = [given]
+    else:
+        candidates = [Path(folder if folder is not None else Path.cwd()) / given, config_path(*given.parts)]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise UserError(f"{where}: recipe file {name} not found (looked at {' and '.join(map(str, candidates))}); "
+                    f"fix the path or use a shipped one, e.g. recipes/convnext_in1k.yaml")
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    """A recipe file -> its training sections, checked key by key against the cell config (errors name the file)."""
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {path} must be a mapping with one `train:` section (model, optim, trainer, augment)")
+    try:
+        spec = RecipeFile.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(f"recipe {path}: {_one_line(exc, RecipeFile)}") from None
+    body = spec.train.model_dump()
+    try:
+        from_dict(CellConfig, body, "train.")
+    except UserError as exc:
+        raise UserError(f"recipe {path}: {exc}") from None
+    if "arch" in body["model"]:
+        raise UserError(f"recipe {path}: train.model.arch is set by the sweep's archs list; remove it")
+    return body
 
 
 def check_sweep(sweep: SweepConfig) -> None:
@@ -228,9 +305,15 @@ def check_sweep(sweep: SweepConfig) -> None:
         if pair.target not in sections:
             raise UserError(f"transfers[{i}].target {pair.target!r} is not a dataset (targets are trained on); "
                             f"use one of {', '.join(sections)}")
+    recipes: dict[str, set[str | None]] = {}
     for i, arch in enumerate(sweep.archs):
         if arch.mapping is not None:
             from_dict(MappingConfig, arch.mapping, f"archs[{i}].mapping.")
+        recipes.setdefault(arch.arch, set()).add(arch.recipe)
+    for i, arch in enumerate(sweep.archs):
+        if arch.source_arch and arch.source_arch != arch.arch and len(recipes.get(arch.source_arch, ())) > 1:
+            raise UserError(f"archs[{i}].source_arch {arch.source_arch} is listed with several recipes, so its "
+                            f"source base is ambiguous; give every {arch.source_arch} entry the same recipe")
     for where, section in [("train", sweep.train), ("stages.base", sweep.stages.base),
                            ("stages.transfer", sweep.stages.transfer)]:
         body = section.model_dump()
