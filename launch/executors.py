@@ -103,7 +103,6 @@ class LocalExecutor(Executor):
     def _env(self) -> dict[str, str]:
         threads = str(threads_per_cell(self.slots))
         env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
-        env.pop("WANDB_SERVICE", None)  # each cell starts its own W&B service, never the caller's (see the sbatch template)
         env.setdefault("WANDB_SILENT", "true")
         return env
 

@@ -122,6 +122,10 @@ def make_loggers(cfg: CellConfig, run_dir: Path) -> list[Logger]:
     if cfg.wandb.enabled:
         from lightning.pytorch.loggers import WandbLogger
 
+        # a cell is its own W&B process: never attach to a service inherited from whoever started it (a sweep,
+        # sbatch's exported environment, a notebook), where this cell's run id may still be "in use" by an
+        # earlier attempt and whose host may not even be this node
+        os.environ.pop("WANDB_SERVICE", None)
         w = cfg.wandb
         run_id = wandb_run_id(run_dir, cfg.labels)
         mode = wandb_mode(w)
