@@ -67,6 +67,9 @@ def depth_panels(summary: list[dict[str, Any]]) -> dict[tuple[str, str, str, str
         for s in summary:
             if s["unit_kind"]:
                 panels.setdefault((s["arch"], s["unit_kind"], s["target"], s["target"]), [])
+    if not panels:  # only depthless variants (model.init studies): one panel per (arch, target), each a level
+        for s in summary:
+            panels.setdefault((s["arch"], "", s["target"], s["target"]), [])
     for s in summary:
         if s["source_role"] == "source":
             continue
@@ -105,7 +108,7 @@ def plot_depth_curves(summary: list[dict[str, Any]], root: Path, band: str = "ci
             ax.fill_between(xs, lows, highs, color=color, alpha=0.2, lw=0)
         ax.axhline(1.0, color="gray", ls="--", lw=0.8)
         pair = f"{source}→{target}" if source != target else target
-        ax.set_title(f"{arch} ({kind} units), {pair}", fontsize=9)
+        ax.set_title(f"{arch} ({kind} units), {pair}" if kind else f"{arch}, {pair}", fontsize=9)
         ax.set_xlabel("transferred units n")
         ax.set_ylabel(f"top-1 relative to base {target}")
         ax.xaxis.get_major_locator().set_params(integer=True)
