@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,16 @@ def cell_config(run_dir: Path, **sections: dict[str, Any]) -> CellConfig:
     for key, value in sections.items():
         base[key] = {**base[key], **value} if isinstance(base.get(key), dict) and isinstance(value, dict) else value
     return from_dict(CellConfig, base)
+
+
+def kill_once_checkpointed(cmd: list[str], checkpoint: Path, env: dict[str, str], cwd: Path = REPO) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``checkpoint`` exists (a crash with no warning), and check it died so."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
 
 
 @pytest.fixture(scope="session")

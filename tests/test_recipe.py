@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from datamodules.errors import UserError
 from pipeline.classifier import ImageClassifier, TrainableEma
 from pipeline.config import AugmentConfig, EmaConfig, ModelConfig, OptimConfig, dump_yaml, load_yaml, to_dict
 from pipeline.train import read_result, train_cell, validate_config
-from tests.conftest import cell_config
+from tests.conftest import cell_config, kill_once_checkpointed
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = {"rand_augment": "rand-m9-mstd0.5-inc1", "mixup": 0.8, "cutmix": 1.0, "reprob": 0.25}
@@ -155,13 +153,8 @@ def test_killed_cell_with_the_recipe_on_resumes_to_the_same_model_and_ema(tmp_pa
     subprocess.run(command("reference"), cwd=REPO, env=env, check=True, capture_output=True)
     run = tmp_path / "cell"
     cmd = command("cell")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
+    kill_once_checkpointed(cmd, last, env)
     step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert 0 < step_at_kill < 32 and step_at_kill % 16 != 0, "the kill must land mid-epoch"
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)

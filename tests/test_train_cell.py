@@ -5,10 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from safetensors.torch import load_file
 
 from pipeline.config import dump_yaml, to_dict
 from pipeline.train import read_result, train_cell
-from tests.conftest import cell_config
+from tests.conftest import cell_config, kill_once_checkpointed
 
 pytestmark = pytest.mark.usefixtures("fashion_root")
 REPO = Path(__file__).resolve().parents[1]
@@ -68,13 +66,8 @@ def test_killed_cell_resumes_mid_epoch_and_ends_like_an_uninterrupted_run(tmp_pa
     subprocess.run(command("reference"), cwd=REPO, env=env, check=True, capture_output=True)
     run = tmp_path / "cell"
     cmd = command("cell")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "training ended before it could be killed"
+    kill_once_checkpointed(cmd, last, env)
     assert read_result(run) is None
     step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert 0 < step_at_kill < 96 and step_at_kill % 32 != 0, "the kill must land mid-epoch"
