@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from datamodules.errors import UserError
 from datamodules.samplers import EpochShuffleSampler, RankStridedSampler, ResumePosition
 from datamodules.splits import ClassSplit, make_split
+from datamodules.workers import ignore_preemption_signals
 
 
 class SeededSamples(Dataset):
@@ -104,6 +105,7 @@ class SplitDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=train and size > self.batch_size,
             num_workers=self.num_workers,
+            worker_init_fn=ignore_preemption_signals,  # the trainer decides when to stop on a preemption
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             # its own generator: creating an iterator must not draw from the global RNG that a resumed run

@@ -48,6 +48,7 @@ from datamodules.errors import UserError
 from datamodules.samplers import ResumePosition
 from datamodules.shard_writer import read_index
 from datamodules.tar_reader import IMAGE_KEYS, read_samples
+from datamodules.workers import ignore_preemption_signals
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ class WebDatasetDataModule(SplitDataModule):
             raise UserError(f"{dataset.total} training samples cannot fill one batch of {self.batch_size} on each "
                             f"of {world} ranks; lower data.batch_size")
         return _EpochLoader(dataset, self._context, self.position if train else None, batch_size=None,
-                            num_workers=self.num_workers,
+                            num_workers=self.num_workers, worker_init_fn=ignore_preemption_signals,
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
 
     def describe(self) -> dict[str, Any]:
