@@ -96,25 +96,47 @@ def make_requeue(run_dir: Path) -> Any:
     return requeue
 
 
+PREEMPTION_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_early_signal: list[int] = []
+
+
+def _record_early(signum: int, frame: Any) -> None:
+    if not _early_signal:
+        _early_signal.append(signum)
+
+
+def record_early_signals() -> None:
+    """Record, not die on, a preemption signal from the start of the step until the trainer's handler exists.
+
+    Slurm may send TERM while the cell still imports torch or builds its data and model (tens of seconds on a cold
+    node). With the default action the job dies, counted as a failure, with no checkpoint; recorded, the cell
+    stops as a preemption before its first step. Torch-free, so it can run first thing.
+    """
+    for signum in PREEMPTION_SIGNALS:
+        signal.signal(signum, _record_early)
+
+
 def slurm_extras(run_dir: Path) -> tuple[list[L.Callback], list[Any]]:
-    """Callbacks and plugins for a training step inside Slurm."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    """Callbacks and plugins for a training step inside Slurm; the preemption handler (first) is installed."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from pipeline.resume import PreemptionHandler
 
     ckpt_dir = run_dir / run_folder.CHECKPOINT_DIR
-    callbacks: list[L.Callback] = [PreemptionHandler(ckpt_dir / run_folder.PREEMPT_CKPT, requeue=make_requeue(run_dir),
-                                                     check_every_n_steps=preempt_check_steps())]
     interval = checkpoint_interval()
-    if interval is not None:  # time-based last.ckpt, so even a KILL without warning loses at most `interval`
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, train_time_interval=interval,
-                                         enable_version_counter=False))
-    return callbacks, [SLURMEnvironment(auto_requeue=False)]
+    # the time-based last.ckpt (so even a KILL without warning loses at most `interval`) is decided on the same
+    # every-N-steps agreement as a preemption: no per-step collective (ModelCheckpoint(train_time_interval=)
+    # broadcasts rank 0's clock on every training batch)
+    handler = PreemptionHandler(ckpt_dir / run_folder.PREEMPT_CKPT, requeue=make_requeue(run_dir),
+                                signals=PREEMPTION_SIGNALS, check_every_n_steps=preempt_check_steps(),
+                                interval_s=interval.total_seconds() if interval is not None else None)
+    handler.install(earlier=_early_signal[0] if _early_signal else None)
+    return [handler], [SLURMEnvironment(auto_requeue=False)]
 
 
 def train_in_slurm(cfg: CellConfig, report: Any = print) -> int:
     """Train one cell inside a Slurm step under the restart policy; returns the process exit code."""
+    record_early_signals()  # before the imports below (torch, Lightning, timm: seconds)
     from datamodules.errors import UserError
     from pipeline.resume import Preempted
     from pipeline.train import train_cell
@@ -128,9 +150,9 @@ def train_in_slurm(cfg: CellConfig, report: Any = print) -> int:
             mark_failed(run_dir, refusal)
             report(f"mkf: {run_dir}: {refusal}; cell marked failed")
             return 1
-    callbacks, plugins = slurm_extras(run_dir)
-    handler = callbacks[0]
     try:
+        callbacks, plugins = slurm_extras(run_dir)  # imports Lightning; installs the preemption handler
+        handler = callbacks[0]
         train_cell(cfg, callbacks=callbacks, plugins=plugins)
     except Preempted as exc:
         signame = signal.Signals(handler.signum).name if handler.signum else "signal"  # type: ignore[attr-defined]

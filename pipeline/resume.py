@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,13 +68,27 @@ def newest_valid_checkpoint(candidates: list[Path]) -> Path | None:
 
 
 class TrainingState(L.Callback):
-    """Saves what Lightning's checkpoint lacks for an exact resume: the data position and the RNG states."""
+    """Saves what Lightning's checkpoint lacks for an exact resume: the data position and each rank's RNG states.
 
-    def __init__(self, position: ResumePosition) -> None:
+    It also gives every rank its own random streams (drop path, Mixup/CutMix, random erasing, augmentation in the
+    training process): ``seed_everything(seed)`` before the build makes model init and data identical on every
+    rank, and then every rank drew the *same* masks and boxes. At fit start (not on a resume, which restores each
+    rank's saved streams instead) rank r > 0 reseeds with ``seed + r``; rank 0 keeps the stream the build left, so
+    a one-rank run is bit-identical to what it was before ranks were seeded apart.
+    """
+
+    def __init__(self, position: ResumePosition, seed: int | None = None) -> None:
         self.position = position
+        self.seed = seed
         self.batches_done = 0
         self.epoch = 0
         self.batches_per_epoch = 0
+        self.restored = False  # set by load_state_dict: the RNG states came from a checkpoint
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the checkpoint's callback states were loaded and before the loaders' iterators (worker seeds) exist
+        if self.seed is not None and not self.restored and trainer.global_rank > 0:
+            seed_rank(self.seed, trainer.global_rank)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.batches_done, self.epoch = 0, trainer.current_epoch  # not called when resuming mid-epoch
@@ -95,11 +110,17 @@ class TrainingState(L.Callback):
         return {"epoch": epoch, "batches_done": done, **own, "ranks": ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restored = True
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.position.set(state["epoch"], state["batches_done"])
         rank = _rank()
         ranks = state.get("ranks") or []
         _set_rng_states(ranks[rank] if rank < len(ranks) else state)
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device) with ``seed + rank``."""
+    L.seed_everything(seed + rank, workers=True, verbose=False)
 
 
 def _rank() -> int:
@@ -161,29 +182,45 @@ class Preempted(Exception):
 
 
 class PreemptionHandler(L.Callback):
-    """On a preemption signal: checkpoint at a batch boundary every rank agrees on, requeue if asked, stop.
+    """The cell's checkpoint policy: preemption, periodic step and time checkpoints, decided between optimizer steps.
 
-    Two signals mean "you are being preempted": USR1, which Slurm sends ``--signal=USR1@grace`` seconds before the
-    time limit (the job must requeue itself: ``requeue`` is called), and TERM, which a real preemption
-    (``PreemptMode=REQUEUE``), ``scontrol requeue`` or a drained node sends before KILL (Slurm requeues the job
-    itself, so ``requeue`` is not called). The signal handler only records the signal; the checkpoint is written
-    between steps (never mid-update). Ranks agree on the stopping step through one boolean all-reduce every
-    ``check_every_n_steps`` batches (every batch when there is a single rank, where the check costs nothing):
-    on GPUs a per-step collective would stall the pipeline, and the grace time is far longer than N steps.
+    Preemption: two signals mean "you are being preempted": USR1, which Slurm sends ``--signal=USR1@grace``
+    seconds before the time limit (the job must requeue itself: ``requeue`` is called), and TERM, which a real
+    preemption (``PreemptMode=REQUEUE``), ``scontrol requeue`` or a drained node sends before KILL (Slurm requeues
+    the job itself, so ``requeue`` is not called). The signal handler only records the signal; ``preempt.ckpt``
+    is written between optimizer steps (never mid-update, never inside a gradient-accumulation window, whose
+    accumulated gradient a checkpoint does not hold).
+
+    Periodic checkpoints go to ``last_path`` (the file resume reads), never to a versioned ``last-v1.ckpt``:
+    every ``every_n_steps`` optimizer steps (all ranks count the same steps: no collective needed) and, when
+    ``interval_s`` is set, once that much wall time has passed (each rank's own clock: agreed on).
+
+    Agreement: what only one rank may know (a signal, its clock) is agreed on through ONE all-reduce (max) of
+    ``[signalled, time due]`` every ``check_every_n_steps`` optimizer steps; ordinary steps have no collective and
+    no host sync (GPU pipelines stall on both; the grace time is far longer than N steps). With one rank the
+    check is local and runs every step. Lightning's own SIGTERM handling is switched off for the fit while this
+    handler owns signals: it broadcasts from inside the signal handler (a deadlock when only some ranks got the
+    signal), stops each rank on its own, and broadcasts a "SIGTERM?" flag from rank 0 on every training batch.
     """
 
-    def __init__(self, checkpoint_path: Path, requeue: Callable[[], bool],
+    def __init__(self, checkpoint_path: Path, requeue: Callable[[], bool] | None = None,
                  signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM), requeue_on: tuple[int, ...] = (
-                     signal.SIGUSR1,), check_every_n_steps: int = 1) -> None:
+                     signal.SIGUSR1,), check_every_n_steps: int = 1, last_path: Path | None = None,
+                 every_n_steps: int | None = None, interval_s: float | None = None) -> None:
         self.checkpoint_path = checkpoint_path
         self.requeue = requeue
         self.signals = signals
         self.requeue_on = requeue_on
         self.check_every_n_steps = max(1, check_every_n_steps)
+        self.last_path = last_path
+        self.every_n_steps = every_n_steps or 0
+        self.interval_s = interval_s if interval_s and interval_s > 0 else None
         self.signum: int | None = None  # the first preemption signal received
         self.preempted = False
         self.requeued = False
-        self._batches = 0
+        self.checks = 0  # agreements made (each one collective when there are several ranks)
+        self._step_at_batch_start = 0
+        self._last_save = time.monotonic()
 
     @property
     def signalled(self) -> bool:
@@ -193,29 +230,75 @@ class PreemptionHandler(L.Callback):
         if self.signum is None:
             self.signum = signum
 
-    def _install(self) -> None:
+    def install(self, earlier: int | None = None) -> None:
+        """Handle the preemption signals from now on: called by the launcher before data and model are built (a
+        signal then is recorded, not fatal, and stops the cell before its first step), again at setup and at
+        train start. ``earlier``: a signal the launcher's own early handler recorded before this one existed."""
+        if earlier is not None and self.signum is None:
+            self.signum = earlier
         for signum in self.signals:
             signal.signal(signum, self._on_signal)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._install()
+        if not self.signals:
+            return
+        self.install()
+        # Lightning registers its SIGTERM handler (composed with ours) after `setup`, and its training loop
+        # broadcasts a SIGTERM flag on every batch: both replaced by this handler's agreement (see the class doc)
+        connector = trainer._signal_connector
+        connector.register_signal_handlers = lambda: None  # type: ignore[method-assign]
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if hasattr(epoch_loop, "_broadcast_sigterm_tensor"):  # Lightning >= 2.5.1
+            epoch_loop._broadcast_sigterm_tensor = lambda: None  # type: ignore[method-assign]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning installs its own SIGTERM handler after `setup` (it broadcasts from inside the handler and
-        # stops at the end of the same batch, on each rank separately); ours replaces it for the fit
-        self._install()
+        self._last_save = time.monotonic()
+        if self.signals:
+            self.install()  # in case anything (a logger's service, a library) replaced ours meanwhile
+            # a signal during data loading or model building: stop before the first step (one collective per fit)
+            if self._agree(trainer, time_due=False)[0]:
+                self._stop(trainer, save=False)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._step_at_batch_start = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._batches += 1
-        if trainer.world_size > 1 and self._batches % self.check_every_n_steps:
+        step = trainer.global_step
+        if step == self._step_at_batch_start:  # inside a gradient-accumulation window: no optimizer step yet
             return
-        if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
-            return
-        trainer.save_checkpoint(self.checkpoint_path)
+        preempt = time_due = False
+        if self.signals or self.interval_s:
+            time_due = self.interval_s is not None and time.monotonic() - self._last_save >= self.interval_s
+            if trainer.world_size == 1 or step % self.check_every_n_steps == 0:
+                preempt, time_due = self._agree(trainer, time_due)
+            else:
+                time_due = False  # only an agreed decision may checkpoint: every rank must save collectively
+        if preempt:
+            self._stop(trainer, save=True)
+        if self.last_path is not None and (time_due or (self.every_n_steps and step % self.every_n_steps == 0)):
+            trainer.save_checkpoint(self.last_path)
+            self._last_save = time.monotonic()
+
+    def _agree(self, trainer: L.Trainer, time_due: bool) -> tuple[bool, bool]:
+        """(any rank signalled, any rank's clock due): one all-reduce of two flags on several ranks."""
+        self.checks += 1
+        if trainer.world_size == 1:
+            return self.signalled, time_due
+        flags = torch.tensor([float(self.signalled), float(time_due)], device=trainer.strategy.root_device)
+        # torch's all_reduce itself: Lightning's strategy.reduce adds a barrier (a second collective)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        preempt, due = flags.tolist()
+        return preempt > 0, due > 0
+
+    def _stop(self, trainer: L.Trainer, save: bool) -> None:
+        if save:
+            trainer.save_checkpoint(self.checkpoint_path)
         self.preempted = True
         signum = self.signum if self.signum is not None else signal.SIGUSR1  # a rank that got no signal itself
-        if trainer.is_global_zero and signum in self.requeue_on:
+        if trainer.is_global_zero and signum in self.requeue_on and self.requeue is not None:
             self.requeued = self.requeue()
         name = signal.Signals(signum).name
+        step = trainer.global_step
+        where = f"checkpointed at step {step}" if save else f"stopped before training (step {step})"
         # raise rather than should_stop: no validation or epoch-end checkpoint may follow the preemption point
-        raise Preempted(f"checkpointed at step {trainer.global_step} on {name}")
+        raise Preempted(f"{where} on {name}")

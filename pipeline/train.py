@@ -34,8 +34,8 @@ from datamodules.errors import UserError
 from pipeline.classifier import OPTIMIZERS, ImageClassifier
 from pipeline.config import CellConfig, WandbConfig, dump_yaml, to_dict
 from pipeline.monitoring import monitoring_callbacks
-from pipeline.resume import AtomicCheckpointIO, TrainingState, newest_valid_checkpoint
-from pipeline.run_folder import LAST_CKPT, PREEMPT_CKPT, RESULT_FILE, read_result  # noqa: F401  (torch-free home)
+from pipeline.resume import AtomicCheckpointIO, PreemptionHandler, TrainingState, newest_valid_checkpoint
+from pipeline.run_folder import LAST_CKPT, PREEMPT_CKPT, RESULT_FILE, read_result  # torch-free home
 from pipeline.transfer import TransferSpec
 from pipeline.weights import WEIGHTS_FILE, save_weights
 
@@ -273,16 +273,22 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
     dump_yaml(to_dict(cfg), run_dir / "config.yaml")
     datamodule.split.save(run_dir / "split.json")
     extra_callbacks = list(callbacks or [])
+    # ONE callback writes every mid-epoch checkpoint (periodic steps, the launcher's time interval, preemption),
+    # always into the last.ckpt resume reads and only after an optimizer step; a second ModelCheckpoint with
+    # save_last would find last.ckpt taken and write a last-v1.ckpt that nothing reads
+    policy = next((c for c in extra_callbacks if isinstance(c, PreemptionHandler)), None)
+    if policy is None:
+        policy = PreemptionHandler(ckpt_dir / PREEMPT_CKPT, signals=())  # no signals: periodic checkpoints only
+        extra_callbacks.insert(0, policy)
+    policy.last_path = ckpt_dir / LAST_CKPT
+    policy.every_n_steps = cfg.trainer.checkpoint_every_n_steps or 0
     callbacks = [
         *extra_callbacks,
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/top1", mode="max", save_top_k=1,
                         save_last=True, enable_version_counter=False),
     ]
-    callbacks.append(TrainingState(datamodule.position))
+    callbacks.append(TrainingState(datamodule.position, seed=cfg.seed))
     callbacks.extend(monitoring_callbacks(cfg.data.batch_size))
-    if cfg.trainer.checkpoint_every_n_steps:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
-                                         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps))
     t = cfg.trainer
     trainer = L.Trainer(
         default_root_dir=str(run_dir), max_epochs=t.max_epochs, max_steps=t.max_steps,
