@@ -34,10 +34,8 @@ def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> Sp
     if loader not in LOADERS:
         raise UserError(f"unknown data.loader {loader!r}; use one of {', '.join(LOADERS)}")
     if loader in ("wds", "ffcv"):
-        for key in ("subset", "max_train_samples", "max_val_samples"):
-            if kwargs.pop(key, None) is not None:
-                raise UserError(f"data.{key} is not supported by loader {loader}; write a smaller set with "
-                                "`mkf data write --max-per-class N`")
+        # subset / max_train_samples / max_val_samples are passed through: both shard loaders choose them from
+        # their index, seeded and stratified as datamodules.subsets does for every loader
         if loader == "wds":
             from datamodules.webdataset_loader import WebDatasetDataModule
 

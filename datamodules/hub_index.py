@@ -2,7 +2,8 @@
 
 Such shards hold samples of an image (``jpg``/``jpeg``/``png``/``webp``) plus an integer ``cls``, optionally a
 ``json``, but no index. The webdataset datamodule needs one -- sample counts per shard are what lets every rank
-run the same number of batches -- so this reads each shard once (headers and labels; images are not decoded) and
+run the same number of batches, and per-sample labels in tar order let it plan an exact epoch of a class half
+or a subset and seek into shards -- so this reads each shard once (headers and labels; images are not decoded) and
 writes our index beside nothing else: the shards stay where they are and are referenced by path, URL or
 ``pipe:`` command.
 """
@@ -44,16 +45,18 @@ def count_shard(url: str) -> dict[str, Any]:
     """Samples with an image and an integer label in one shard, per label, read as a stream (no image decode),
     grouped into samples by the same reader and key rules as training (:mod:`datamodules.tar_reader`)."""
     per_class: Counter[int] = Counter()
-    total = 0
+    labels: list[int] = []  # per sample in tar order, -1 for one the loader skips (no image, no integer label)
     try:
         for sample in read_samples(url):
-            total += 1
             label = sample_label(sample)
             if label is not None and sample_image(sample) is not None:
                 per_class[label] += 1
+                labels.append(label)
+            else:
+                labels.append(-1)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"cannot read shard {url}: {exc}") from None
-    return {"url": url, "per_class": per_class, "bad": total - sum(per_class.values())}
+    return {"url": url, "per_class": per_class, "bad": len(labels) - sum(per_class.values()), "labels": labels}
 
 
 def index_hub_shards(train: list[str], val: list[str], out: str | Path, classes: list[str] | None = None,
@@ -81,8 +84,9 @@ def index_hub_shards(train: list[str], val: list[str], out: str | Path, classes:
             per_class.update({names[k]: v for k, v in counted[url]["per_class"].items()})
         entry[part] = {
             # local shards: absolute path as the name, so root / name finds them (verify, the loader)
-            "files": [{"name": url, "url": url, "samples": sum(counted[url]["per_class"].values())}
-                      for url in part_urls],
+            # labels: per sample in tar order (-1 = skipped), what the loader plans exact epochs from
+            "files": [{"name": url, "url": url, "samples": sum(counted[url]["per_class"].values()),
+                       "labels": " ".join(map(str, counted[url]["labels"]))} for url in part_urls],
             "samples": sum(per_class.values()),
             "per_class": dict(sorted(per_class.items())),
             "skipped": sum(counted[url]["bad"] for url in part_urls),

@@ -98,6 +98,7 @@ def write_wds_shard(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptio
     target = out / plan.name
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     per_class: Counter[int] = Counter()
+    labels: list[int] = []
     skipped: list[str] = []
     # a whole-second mtime: a float one makes tarfile add a PAX header to every member, which costs readers
     with wds.TarWriter(str(tmp), encoder=False, mtime=int(time.time())) as sink:
@@ -109,9 +110,12 @@ def write_wds_shard(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptio
                 continue
             sink.write({"__key__": item.key.replace(".", "_"), ext: data, "cls": str(item.label).encode()})
             per_class[item.label] += 1
+            labels.append(item.label)
     os.replace(tmp, target)
+    # labels in tar order: the loader plans exact epochs (class filters, subsets, seeks) from them
     return {"name": plan.name, "samples": sum(per_class.values()), "bytes": target.stat().st_size,
-            "per_class": {str(k): v for k, v in sorted(per_class.items())}, "skipped": skipped}
+            "per_class": {str(k): v for k, v in sorted(per_class.items())}, "skipped": skipped,
+            "labels": " ".join(map(str, labels))}
 
 
 class _FFCVSource:
@@ -345,7 +349,9 @@ def _build_index(out: Path, plans: list[ShardPlan], records: dict[str, dict[str,
                 for label, n in r["per_class"].items():
                     per_class[listing.classes[int(label)]] += n
             index_sets[set_name][part] = {
-                "files": [{"name": r["name"], "samples": r["samples"], "bytes": r["bytes"]} for r in files],
+                # wds: "labels" = each sample's label in tar order (space-separated; see webdataset_loader)
+                "files": [{"name": r["name"], "samples": r["samples"], "bytes": r["bytes"],
+                           **({"labels": r["labels"]} if "labels" in r else {})} for r in files],
                 "samples": sum(r["samples"] for r in files),
                 "per_class": dict(sorted(per_class.items())),
                 "skipped": sum(len(r["skipped"]) for r in files),

@@ -151,7 +151,5 @@ def test_missing_shard_or_bad_index_fails_before_training(tmp_path: Path) -> Non
         build_datamodule("image_folder", loader="wds", shards=str(root))
     with pytest.raises(UserError, match="does not exist"):
         build_datamodule("image_folder", loader="wds", shards=str(tmp_path / "nowhere"))
-    with pytest.raises(UserError, match="max_train_samples"):
-        build_datamodule("image_folder", loader="wds", shards=str(root), max_train_samples=5)
     with pytest.raises(UserError, match="unknown data.loader"):
         build_datamodule("image_folder", loader="tfrecord")

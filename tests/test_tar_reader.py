@@ -44,7 +44,7 @@ def test_verify_groups_samples_as_training_reads_them_also_through_pipe_urls(tmp
     for name, offset in (("train-0", 0), ("val-0", 100)):
         _shard(tmp_path / f"{name}.tar", 6, offset)
     samples = list(read_samples(str(tmp_path / "train-0.tar")))
-    assert len(samples) == 6 and set(samples[0]) == {"__key__", "__url__", "jpg", "cls", "meta.json"}
+    assert len(samples) == 6 and set(samples[0]) == {"__key__", "__url__", "__index__", "jpg", "cls", "meta.json"}
     assert verify_tar(str(tmp_path / "train-0.tar"), 2)["samples"] == 6
     # an index of `pipe:` URLs (as for Hub shards streamed by a command): verified and trained the same way
     out = tmp_path / "index"
@@ -66,3 +66,14 @@ def test_verify_reports_a_truncated_shard_behind_a_pipe(tmp_path: Path) -> None:
     (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2 + 100])  # ends inside a member
     result = verify_tar(f"pipe:cat {tmp_path / 'cut.tar'}", 2)
     assert result["samples"] < 4 and any("unreadable tar" in p for p in result["problems"])
+
+
+def test_select_and_stop_read_only_the_wanted_samples_from_files_and_pipes(tmp_path: Path) -> None:
+    """A slot that starts mid-shard skips members by header; a file and a pipe yield the same samples."""
+    _shard(tmp_path / "s.tar", 8)
+    every = list(read_samples(str(tmp_path / "s.tar")))
+    for url in (str(tmp_path / "s.tar"), f"pipe:cat {tmp_path / 's.tar'}"):
+        got = list(read_samples(url, select=lambda i: i in (2, 3, 5, 7), stop=6))
+        assert [s["__index__"] for s in got] == [2, 3, 5]
+        assert [s["jpg"] for s in got] == [every[i]["jpg"] for i in (2, 3, 5)]
+        assert [s["__key__"] for s in got] == [every[i]["__key__"] for i in (2, 3, 5)]
