@@ -1,8 +1,16 @@
-"""The Slurm executor: a sweep becomes one job array per (stage, profile), transfer arrays after base arrays.
+"""The Slurm executor: a sweep becomes job arrays, one per (stage, profile, base tasks waited for).
 
 Array task i of an array trains the cell on line i+1 of the array's cell list, so one ``sbatch`` call covers
 hundreds of cells. Which job runs which cell is recorded in ``OUTPUT/slurm/jobs.json``; together with Slurm's
 own view (``scontrol show job``) it lets a re-run submit only the cells that are missing or failed.
+
+**Dependencies are per base task.** A transfer cell waits (``afterok``) for exactly the base cells it needs: the
+one it copies units from and the one that is its reference (the target's base, whose top-1 is its 1.0), named as
+array tasks (``123_4``). Slurm gives every task of an array the same dependency, so the transfer cells of a
+(stage, profile) are grouped by that set of base tasks, one array per set. A failed base then cancels only its
+own dependants (``--kill-on-invalid-dep``: Slurm's ``DependencyNeverSatisfied``), and each transfer starts as
+soon as its bases are done, not after the slowest base of the stage. A paper grid has a few such sets per seed
+(AnB-like cells wait for the source and the target base, BnB-like ones for the target base only).
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class SlurmJob:
     restarts: int = 0
     elapsed: str = ""
     node: str = ""
+    reason: str = ""  # why it waits or ended (``Dependency``, ``DependencyNeverSatisfied``, ...)
 
 
 def query_jobs(job_ids: Sequence[str]) -> dict[str, SlurmJob]:
@@ -81,7 +90,7 @@ def query_jobs(job_ids: Sequence[str]) -> dict[str, SlurmJob]:
         jid = f"{array}_{task}"
         if jid in wanted:
             jobs[jid] = SlurmJob(jid, fields.get("JobState", "UNKNOWN"), int(fields.get("Restarts", "0") or 0),
-                                 fields.get("RunTime", ""), fields.get("NodeList", ""))
+                                 fields.get("RunTime", ""), fields.get("NodeList", ""), fields.get("Reason", ""))
     # pending array tasks not yet split off are listed as ArrayTaskId=0-9 (or %throttle); expand them
     for line in proc.stdout.splitlines():
         fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
@@ -90,8 +99,14 @@ def query_jobs(job_ids: Sequence[str]) -> dict[str, SlurmJob]:
             for task in _expand_tasks(tasks):
                 jid = f"{array}_{task}"
                 if jid in wanted and jid not in jobs:
-                    jobs[jid] = SlurmJob(jid, fields.get("JobState", "PENDING"))
+                    jobs[jid] = SlurmJob(jid, fields.get("JobState", "PENDING"), reason=fields.get("Reason", ""))
     return jobs
+
+
+def _shown_state(job: SlurmJob) -> str:
+    """Slurm's state, plus why when a base task is the cause: a dependant waiting for one (``Dependency``) or
+    cancelled because one failed (``DependencyNeverSatisfied``), so status tells those apart from the rest."""
+    return f"{job.state} ({job.reason})" if job.reason.startswith("Dependency") else job.state
 
 
 def _expand_tasks(spec: str) -> list[int]:
@@ -183,9 +198,18 @@ class JobBook:
         tmp.replace(self.path)
 
 
+def waits_for(cell: Cell) -> list[str]:
+    """The cells whose success a cell's job needs: those it copies units from (``depends_on``) and, for a
+    transfer cell, its reference base (without it the cell's relative top-1 has no 1.0)."""
+    deps = list(cell.depends_on)
+    if cell.stage == "transfer" and cell.reference and cell.reference not in deps:
+        deps.append(cell.reference)
+    return deps
+
+
 @dataclass
 class ArraySubmission:
-    """One sbatch call: the cells of one (stage, profile), its script and its command line."""
+    """One sbatch call: cells of one (stage, profile) that wait for the same base cells; script and command line."""
 
     stage: str
     profile_name: str
@@ -193,7 +217,8 @@ class ArraySubmission:
     cells: list[Cell]
     script: Path
     cells_file: Path
-    after: list[str] = field(default_factory=list)  # job ids this array waits for (afterok)
+    waits_for: tuple[str, ...] = ()  # the unfinished cells (ids) every cell of this array waits for
+    after: list[str] = field(default_factory=list)  # their array task ids (``123_4``), afterok
     extra: list[str] = field(default_factory=list)  # more sbatch options (e.g. --hold)
     job_id: str | None = None
 
@@ -203,6 +228,7 @@ class ArraySubmission:
                f"--output={log_dir.absolute() / '%A_%a.out'}", "--open-mode=append", f"--chdir={Path.cwd()}",
                *self.profile.sbatch_options()]
         if self.after:
+            # a failed (or cancelled) base task cancels this array at once instead of leaving it pending forever
             cmd += [f"--dependency=afterok:{':'.join(self.after)}", "--kill-on-invalid-dep=yes"]
         return [*cmd, *self.extra, str(self.script)]
 
@@ -263,7 +289,7 @@ class SlurmExecutor(Executor):
         view = ExecutorView(["job", "slurm", "requeues", "elapsed"])
         for cid, entry in book.cells.items():
             job = jobs.get(entry.get("job_id", ""))
-            view.rows[cid] = [entry.get("job_id", ""), job.state if job else "gone",
+            view.rows[cid] = [entry.get("job_id", ""), _shown_state(job) if job else "gone",
                               str(job.restarts) if job else "", job.elapsed if job else ""]
             if job is not None and job.state == "RUNNING":
                 view.running.add(cid)
@@ -283,23 +309,29 @@ class SlurmExecutor(Executor):
 
     def plan_arrays(self, plan: SweepPlan, cells: Sequence[Cell], active: dict[str, str],
                     max_array_tasks: int = 1000) -> list[ArraySubmission]:
-        """One array per (stage, profile), split into arrays of at most ``max_array_tasks`` cells (MaxArraySize)."""
+        """One array per (stage, profile, unfinished cells waited for), each split into arrays of at most
+        ``max_array_tasks`` cells (MaxArraySize). A finished dependency needs no waiting; a queued one
+        (``active``) or one of ``cells`` does. Base arrays come first, each group in plan order."""
         slurm_dir = plan.output_dir / "slurm"
-        groups: dict[tuple[str, str], list[Cell]] = {}
+        pending = {c.id for c in cells} | set(active)
+        groups: dict[tuple[str, str, tuple[str, ...]], list[Cell]] = {}
+        names: dict[str, str] = {}
         for cell in cells:
-            name = profile_for_stage(self.sweep_slurm, cell.stage, self.default_profile)
-            groups.setdefault((cell.stage, name), []).append(cell)
-        subs = []
+            if cell.stage not in names:
+                names[cell.stage] = profile_for_stage(self.sweep_slurm, cell.stage, self.default_profile)
+            deps = tuple(sorted(d for d in waits_for(cell) if d in pending))
+            groups.setdefault((cell.stage, names[cell.stage], deps), []).append(cell)
+        subs: list[ArraySubmission] = []
         stamp = int(time.time() * 1000)
         for stage in STAGES:
-            for (s, name), group in groups.items():
+            for (s, name, deps), group in groups.items():
                 if s != stage:
                     continue
                 profile = pick_profile(self.profiles, name, f"stage {stage}")
-                for part, start in enumerate(range(0, len(group), max_array_tasks)):
-                    tag = f"{stage}-{_comment_safe(name)}-{stamp}-{part}"
+                for start in range(0, len(group), max_array_tasks):
+                    tag = f"{stage}-{_comment_safe(name)}-{stamp}-{len(subs)}"
                     subs.append(ArraySubmission(stage, name, profile, group[start:start + max_array_tasks],
-                                                slurm_dir / f"{tag}.sbatch", slurm_dir / f"{tag}.cells"))
+                                                slurm_dir / f"{tag}.sbatch", slurm_dir / f"{tag}.cells", deps))
         return subs
 
     def _limits(self, cells: Sequence[Cell]) -> ClusterLimits:
@@ -312,63 +344,77 @@ class SlurmExecutor(Executor):
     def run(self, plan: SweepPlan, cells: Sequence[Cell]) -> SweepOutcome:
         todo, active = self.cells_to_submit(plan, cells)
         outcome = SweepOutcome({cid: "submitted" for cid in active})
+        by_id = plan.by_id()
         for cid in active:
-            self.console.print(f"left alone: {plan.by_id()[cid].label} is already queued/running as {active[cid]}")
+            self.console.print(f"left alone: {by_id[cid].label} is already queued/running as {active[cid]}")
         limits = self._limits(todo)
         subs = self.plan_arrays(plan, todo, active, limits.max_array_tasks)
         budget = limits.budget
-        unfinished = {c.id for c in todo}
         book = JobBook.load(plan.output_dir)
-        log_dir = plan.output_dir / "slurm" / "logs"
-        base_jobs: dict[str, str] = {}  # cell id -> array job id (or active task id) that trains it
-        base_jobs.update({cid: jid.split("_")[0] for cid, jid in active.items()})
-        for sub in subs:
-            # a cell whose dependency is neither finished nor queued waits for a later `mkf sweep run`
-            ready = [c for c in sub.cells if all(d in base_jobs or d not in unfinished for d in c.depends_on)]
-            if budget is not None:
-                ready = ready[:budget]
-            ready_ids = {c.id for c in ready}
-            for cell in sub.cells:
-                if cell.id not in ready_ids:
+        tasks: dict[str, str] = dict(active)  # cell id -> the array task (``123_4``) that trains it
+        shown: set[tuple[str, str]] = set()  # (stage, profile) whose batch script the dry run printed
+        try:
+            for sub in subs:
+                # a cell whose dependency is neither finished nor queued waits for a later `mkf sweep run`
+                ready = sub.cells if all(d in tasks for d in sub.waits_for) else []
+                if budget is not None:
+                    ready = ready[:budget]
+                    budget -= len(ready)
+                for cell in sub.cells[len(ready):]:
                     outcome.states[cell.id] = "deferred"
-            if not ready:
-                continue
-            sub.cells = ready
-            if budget is not None:
-                budget -= len(ready)
-            deps = {base_jobs[d] for c in sub.cells for d in c.depends_on if d in base_jobs}
-            sub.after = sorted(deps)
-            if self.hold:
-                sub.extra.append("--hold")
-            if not self.dry_run:
-                sub.script.parent.mkdir(parents=True, exist_ok=True)
-                log_dir.mkdir(parents=True, exist_ok=True)
-                sub.cells_file.write_text("".join(f"{c.id} {Path(c.config_path).absolute()}\n" for c in sub.cells))
-                sub.script.write_text(render_script(plan, sub))
-            cmd = sub.command(plan.name, log_dir)
-            if self.dry_run:
-                self.console.print(f"[bold]# {sub.stage} array, profile {sub.profile_name}: {len(sub.cells)} cells")
-                self.console.print(render_script(plan, sub), markup=False, highlight=False, soft_wrap=True)
-                self.console.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
-                job_id = f"<{sub.script.stem}>"
-            else:
-                job_id = run_slurm(cmd).stdout.strip().split(";")[0]
-                self.sbatch_calls += 1
-                self.console.print(f"submitted {sub.stage} array {job_id} ({sub.profile_name}): {len(sub.cells)} cells"
-                                   + (f", after {', '.join(sub.after)}" if sub.after else ""))
+                if not ready:
+                    continue
+                sub.cells = ready
+                sub.after = [tasks[d] for d in sub.waits_for]
+                self._submit(plan, sub, book, shown)
                 for i, cell in enumerate(sub.cells):
-                    book.cells[cell.id] = {"job_id": f"{job_id}_{i}", "array": job_id, "task": i, "stage": sub.stage,
-                                           "profile": sub.profile_name, "submitted": time.time()}
+                    tasks[cell.id] = f"{sub.job_id}_{i}"
+                    outcome.states[cell.id] = "submitted"
+        finally:  # jobs.json is written once (10,000 entries), and also when a later sbatch fails: the arrays
+            # already queued must be known to the next run, or it would submit them twice
+            if not self.dry_run and self.sbatch_calls:
                 book.save()
-            for cell in sub.cells:
-                base_jobs[cell.id] = job_id
-                outcome.states[cell.id] = "submitted"
         deferred = sum(s == "deferred" for s in outcome.states.values())
         if deferred:
             cap = f"job cap {limits.max_submit_jobs} ({limits.source}), {limits.queued} already queued"
             self.console.print(f"{deferred} cells not submitted yet ({cap}, or their base cell is not queued); "
                                "run the same `mkf sweep run` again later to top up")
         return outcome
+
+    def _submit(self, plan: SweepPlan, sub: ArraySubmission, book: JobBook, shown: set[tuple[str, str]]) -> None:
+        """sbatch one array (or, in a dry run, print it) and record its tasks; sets ``sub.job_id``."""
+        log_dir = plan.output_dir / "slurm" / "logs"
+        if self.hold:
+            sub.extra.append("--hold")
+        if not self.dry_run:
+            sub.script.parent.mkdir(parents=True, exist_ok=True)
+            log_dir.mkdir(parents=True, exist_ok=True)
+            sub.cells_file.write_text("".join(f"{c.id} {Path(c.config_path).absolute()}\n" for c in sub.cells))
+            sub.script.write_text(render_script(plan, sub))
+        cmd = sub.command(plan.name, log_dir)
+        if self.dry_run:
+            by_id = plan.by_id() if sub.waits_for else {}
+            waits = ", ".join(f"{task} ({by_id[d].label})" for d, task in zip(sub.waits_for, sub.after, strict=True))
+            self.console.print(f"# {sub.stage} array, profile {sub.profile_name}: {len(sub.cells)} cells; "
+                               + (f"waits for base tasks {waits}" if waits else "waits for nothing"),
+                               markup=False, highlight=False, soft_wrap=True)
+            if (sub.stage, sub.profile_name) in shown:  # arrays of one (stage, profile) differ by cells file only
+                self.console.print(f"# batch script as above, cells file {sub.cells_file.name}", markup=False,
+                                   highlight=False, soft_wrap=True)
+            else:
+                shown.add((sub.stage, sub.profile_name))
+                self.console.print(render_script(plan, sub), markup=False, highlight=False, soft_wrap=True)
+            self.console.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
+            sub.job_id = f"<{sub.script.stem}>"
+            return
+        sub.job_id = run_slurm(cmd).stdout.strip().split(";")[0]
+        self.sbatch_calls += 1
+        self.console.print(f"submitted {sub.stage} array {sub.job_id} ({sub.profile_name}): {len(sub.cells)} cells"
+                           + (f", after base tasks {', '.join(sub.after)}" if sub.after else ""))
+        now = time.time()
+        for i, cell in enumerate(sub.cells):
+            book.cells[cell.id] = {"job_id": f"{sub.job_id}_{i}", "array": sub.job_id, "task": i, "stage": sub.stage,
+                                   "profile": sub.profile_name, "submitted": now}
 
 
 def cancel_sweep(plan: SweepPlan) -> list[str]:
