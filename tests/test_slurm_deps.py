@@ -164,7 +164,8 @@ def test_a_failed_base_cancels_only_the_transfer_cells_that_need_it(tmp_path: Pa
             "max_val_samples": 256}
     sweep = write_sweep(tmp_path, variants=["AnB", "BnB"], data=data,
                         datasets={"A": {"dataset": "image_folder", "root": str(tmp_path / "missing"), "split": None},
-                                  "B": {"dataset": "fashion_mnist", "half": "B"}})
+                                  "B": {"dataset": "fashion_mnist", "half": "B"}},
+                        transfers=[{"source": "A", "target": "B"}])
     submit(sweep, write_profiles(tmp_path))
     plan = plan_sweep(load_sweep(sweep))
     cells = {(c.stage, c.variant): c for c in plan.cells}
@@ -185,3 +186,26 @@ def test_a_failed_base_cancels_only_the_transfer_cells_that_need_it(tmp_path: Pa
     assert rows[base_a.id][6] == "failed" and "FAILED" in rows[base_a.id], rows[base_a.id]
     assert rows[anb.id][6] == "pending" and "CANCELLED (DependencyNeverSatisfied)" in rows[anb.id], rows[anb.id]
     assert rows[bnb.id][6] == "finished" and "COMPLETED" in rows[bnb.id], rows[bnb.id]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster", "fashion_root")
+@pytest.mark.timeout(400)
+def test_a_transfer_starts_when_its_own_bases_finish_not_after_the_slowest_base(tmp_path: Path) -> None:
+    """Base A trains on the whole half A for 2 epochs (~940 steps), base B on 512 images: BnB (needs only B)
+    starts while A is still training; AnB (needs A) after A. With one dependency on the whole base array (the old
+    way), BnB would wait for A too."""
+    data = {"split": {"kind": "random_halves", "seed": 0}, "batch_size": 64, "max_val_samples": 256}
+    sweep = write_sweep(tmp_path, variants=["AnB", "BnB"], data=data,
+                        datasets={"A": {"dataset": "fashion_mnist", "half": "A"},
+                                  "B": {"dataset": "fashion_mnist", "half": "B", "max_train_samples": 512}},
+                        transfers=[{"source": "A", "target": "B"}], stages={"base": {"trainer": {"max_epochs": 2}}})
+    submit(sweep, write_profiles(tmp_path))
+    plan = plan_sweep(load_sweep(sweep))
+    cells = {c.variant: c for c in plan.cells}
+    wait_for(lambda: all(read_result(c.run_dir) for c in plan.cells), 300, "every cell to finish")
+    base_a, base_b, anb, bnb = (read_result(cells[v].run_dir) for v in ("base-A", "base-B", "AnB", "BnB"))
+    assert base_a and base_b and anb and bnb
+    assert bnb["started_at"] >= base_b["finished_at"] and anb["started_at"] >= base_a["finished_at"]
+    assert bnb["started_at"] < base_a["finished_at"], ("BnB waited for base A, which it does not need",
+                                                       base_b["finished_at"], bnb["started_at"], base_a["finished_at"])
