@@ -280,21 +280,29 @@ class PreemptionHandler(L.Callback):
             self._last_save = time.monotonic()
 
     def _agree(self, trainer: L.Trainer, time_due: bool) -> tuple[bool, bool]:
-        """(any rank signalled, any rank's clock due): one all-reduce of two flags on several ranks."""
+        """(any rank signalled, any rank's clock due): one all-reduce (max) of one flag per signal and the clock's.
+
+        Every rank learns *which* signal arrived, also a rank that got none itself: rank 0 must requeue on a USR1
+        that only rank 5 got, and must not on a TERM (Slurm requeues the job itself then).
+        """
         self.checks += 1
         if trainer.world_size == 1:
             return self.signalled, time_due
-        flags = torch.tensor([float(self.signalled), float(time_due)], device=trainer.strategy.root_device)
+        flags = torch.tensor([float(self.signum == s) for s in self.signals] + [float(time_due)],
+                             device=trainer.strategy.root_device)
         # torch's all_reduce itself: Lightning's strategy.reduce adds a barrier (a second collective)
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        preempt, due = flags.tolist()
-        return preempt > 0, due > 0
+        *got, due = flags.tolist()
+        seen = [s for s, flag in zip(self.signals, got, strict=True) if flag > 0]
+        if seen and self.signum is None:  # TERM before USR1: when Slurm itself requeues, the cell must not
+            self.signum = next((s for s in seen if s not in self.requeue_on), seen[0])
+        return bool(seen), due > 0
 
     def _stop(self, trainer: L.Trainer, save: bool) -> None:
         if save:
             trainer.save_checkpoint(self.checkpoint_path)
         self.preempted = True
-        signum = self.signum if self.signum is not None else signal.SIGUSR1  # a rank that got no signal itself
+        signum = self.signum if self.signum is not None else signal.SIGUSR1
         if trainer.is_global_zero and signum in self.requeue_on and self.requeue is not None:
             self.requeued = self.requeue()
         name = signal.Signals(signum).name
