@@ -314,12 +314,13 @@ class SlurmExecutor(Executor):
         (``active``) or one of ``cells`` does. Base arrays come first, each group in plan order."""
         slurm_dir = plan.output_dir / "slurm"
         pending = {c.id for c in cells} | set(active)
+        order = {c.id: i for i, c in enumerate(plan.cells)}  # a group's bases in plan order: A before B
         groups: dict[tuple[str, str, tuple[str, ...]], list[Cell]] = {}
         names: dict[str, str] = {}
         for cell in cells:
             if cell.stage not in names:
                 names[cell.stage] = profile_for_stage(self.sweep_slurm, cell.stage, self.default_profile)
-            deps = tuple(sorted(d for d in waits_for(cell) if d in pending))
+            deps = tuple(sorted((d for d in waits_for(cell) if d in pending), key=lambda d: (order.get(d, -1), d)))
             groups.setdefault((cell.stage, names[cell.stage], deps), []).append(cell)
         subs: list[ArraySubmission] = []
         stamp = int(time.time() * 1000)

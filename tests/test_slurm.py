@@ -6,10 +6,12 @@ Skipped without root or Debian's slurm-wlm/munge; in CI (MKF_REQUIRE_ALL_TESTS=1
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,7 +127,8 @@ def all_finished(sweep: Path) -> Callable[[], bool]:
 
 @pytest.mark.timeout(1500)  # more than the 900 s the sweep itself may take, so its own message is what fails
 def test_demo_sweep_runs_on_slurm_base_arrays_before_transfer_arrays(tmp_path: Path) -> None:
-    """(a) The demo sweep (24 cells) as two job arrays; every transfer cell starts after its base finished."""
+    """(a) The demo sweep (22 cells): one base array, one transfer array per (arch, base tasks waited for); every
+    transfer cell starts after the base it copies from and its reference base finished."""
     demo = yaml.safe_load(DEMO.read_text())
     demo.update(output_dir=str(tmp_path / "out"), slurm={"profiles": {"base": "test", "transfer": "test"}},
                 stages={}, seeds=[0])
@@ -136,7 +139,8 @@ def test_demo_sweep_runs_on_slurm_base_arrays_before_transfer_arrays(tmp_path: P
     submit(sweep, write_profiles(tmp_path))
     book = JobBook.load(tmp_path / "out")
     arrays = {(e["stage"], e["array"]) for e in book.cells.values()}
-    assert len(arrays) == 2, f"one array per stage expected, got {arrays}"
+    # per arch: AnB waits for bases A and B; BnB and random-frozen (compared with base B) for B alone
+    assert sorted(Counter(stage for stage, _ in arrays).items()) == [("base", 1), ("transfer", 4)], arrays
     wait_for(all_finished(sweep), 900, "the demo sweep to finish on Slurm")
     plan = plan_sweep(load_sweep(sweep))
     assert len(plan.cells) == 2 * (2 + 3 * 3)  # the demo's formula with one seed
@@ -145,7 +149,7 @@ def test_demo_sweep_runs_on_slurm_base_arrays_before_transfer_arrays(tmp_path: P
     for cell in plan.cells:
         mine = read_result(cell.run_dir)
         assert mine, f"{cell.label} did not finish"
-        for dep in cell.depends_on:
+        for dep in [*cell.depends_on, *([cell.reference] if cell.reference else [])]:
             base = read_result(by_id[dep].run_dir)
             assert base and mine["started_at"] >= base["finished_at"]
     assert main(["report", str(tmp_path / "out")]) == 0
@@ -374,37 +378,43 @@ def test_cancel_stops_every_array_of_the_sweep(tmp_path: Path, capsys: pytest.Ca
 
 
 def _big_stage(tmp_path: Path, **profile: Any) -> tuple[Path, Path]:
-    """A sweep whose transfer stage has more cells than the cluster's MaxArraySize (1001) allows in one array."""
+    """A sweep of 1,215 cells held in 91 arrays: 90 base cells, and per seed the transfer cells that wait for
+    bases A and B (AnB, AnB+, reverse) and those that wait for B alone (BnB, BnB+)."""
     sweep = write_sweep(tmp_path, depths="all", variants=["AnB", "BnB", "AnB+", "BnB+", "reverse"],
                         seeds=list(range(45)))
     base = yaml.safe_load(write_profiles(tmp_path).read_text())["test"]
     return sweep, write_profiles(tmp_path, big={**base, **profile})
 
 
-def test_stage_over_max_array_size_splits_into_arrays_slurm_accepts(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    """MaxArraySize=1001 (Slurm's default): a transfer stage of > 1000 cells becomes several arrays, each after the
-    base arrays of its cells. Submitted held (nothing trains), checked in squeue, then cancelled."""
+def _waited_for(show: str) -> set[str]:
+    """The task ids in `scontrol show job`'s Dependency=afterok:1_0(unfulfilled),afterok:1_1(unfulfilled)."""
+    dep = next(f for f in show.split() if f.startswith("Dependency="))
+    assert "?" not in dep, dep  # all of them (","), not any
+    return set(re.findall(r"afterok:(\d+_\d+)", dep))
+
+
+def test_held_arrays_wait_for_their_base_tasks_and_a_stage_over_max_array_size_splits(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Submitted held (nothing trains), checked in squeue and scontrol, then cancelled: every transfer array
+    waits for exactly the base tasks of its cells; a stage of > 1000 cells (MaxArraySize=1001, Slurm's
+    default) becomes several arrays Slurm accepts."""
     from launch.slurm_executor import SlurmExecutor, read_limits
 
     sweep, profiles = _big_stage(tmp_path)
     plan = plan_sweep(load_sweep(sweep))
-    transfer = [c for c in plan.cells if c.stage == "transfer"]
-    assert len(transfer) > 1000
+    needs = {c.id: set(c.depends_on) | {c.reference} for c in plan.cells if c.stage == "transfer"}
+    groups = {frozenset(n) for n in needs.values()}
     limits = read_limits(SlurmExecutor(profiles_file=str(profiles)).profiles["big"])
     assert limits.max_array_tasks == 1000 and limits.source.startswith("scontrol")
     capsys.readouterr()
     assert main(["sweep", "run", str(sweep), "--executor", "slurm", "--profiles", str(profiles), "--profile", "big",
                  "--dry-run"]) == 0
-    dry = capsys.readouterr().out
-    expected_arrays = 1 + -(-len(transfer) // 1000)
-    assert dry.count("sbatch --parsable") == expected_arrays, dry[-2000:]
-    assert "--array=0-999" in dry
+    assert capsys.readouterr().out.count("sbatch --parsable") == 1 + len(groups) == 91
     write_plan(plan)
     executor = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True)
     try:
         outcome = executor.run(plan, plan.cells)
-        assert executor.sbatch_calls == expected_arrays
+        assert executor.sbatch_calls == 1 + len(groups)
         assert set(outcome.states.values()) == {"submitted"}
         book = JobBook.load(plan.output_dir).cells
         arrays = sorted({e["array"] for e in book.values()}, key=int)
@@ -413,11 +423,28 @@ def test_stage_over_max_array_size_splits_into_arrays_slurm_accepts(tmp_path: Pa
         queued = [line for line in queued if line.strip()]
         assert len(queued) == len(plan.cells), (len(queued), len(plan.cells))
         assert all(" PENDING " in line for line in queued)
-        # every transfer array waits on the (single) base array
-        base_array = {e["array"] for e in book.values() if e["stage"] == "base"}.pop()
-        for array in set(arrays) - {base_array}:
-            show = subprocess.run(["scontrol", "show", "job", f"{array}_0"], capture_output=True, text=True).stdout
-            assert f"afterok:{base_array}" in show, show
+        for array in {e["array"] for e in book.values() if e["stage"] == "transfer"}:
+            cells = [cid for cid, e in book.items() if e["array"] == array]
+            show = subprocess.run(["scontrol", "show", "job", "--oneliner", f"{array}_0"], capture_output=True,
+                                  text=True).stdout
+            for cid in cells:
+                assert _waited_for(show) == {book[d]["job_id"] for d in needs[cid]}, show
+    finally:
+        cancel_sweep(plan)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    sweep = write_sweep(wide, seeds=list(range(1001)))  # 1,001 base cells (no variants: base B only)
+    plan = plan_sweep(load_sweep(sweep))
+    write_plan(plan)
+    executor = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True)
+    try:
+        executor.run(plan, plan.cells)
+        book = JobBook.load(plan.output_dir).cells
+        assert executor.sbatch_calls == 2 and max(e["task"] for e in book.values()) == 999
+        arrays = sorted({e["array"] for e in book.values()}, key=int)
+        queued = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)], capture_output=True,
+                                text=True, check=True).stdout.split()
+        assert queued.count("PENDING") == 1001
     finally:
         cancel_sweep(plan)
 
@@ -453,6 +480,8 @@ def test_bench_sweep_plans_10000_cells_and_submits_arrays_within_max_array_size(
 
     result = bench_sweep(profiles_file=str(write_profiles(tmp_path)), profile="test", seeds=55)
     assert result["cells"] == 10010
-    assert result["sbatch_calls"] == 1 + 10  # 110 base cells; 9,900 transfer cells in arrays of 1,000
+    # 110 base cells in one array; 9,900 transfer cells in 110 arrays: per seed, AnB, AnB+ and reverse wait for
+    # bases A and B, BnB and BnB+ for base B alone
+    assert result["sbatch_calls"] == 1 + 110
     out = capsys.readouterr().out
     assert "plan (unit counts" in out and "sbatch calls" in out

@@ -112,6 +112,29 @@ def test_each_transfer_array_waits_for_exactly_the_base_tasks_of_its_cells(tmp_p
     assert all(re.fullmatch(r"\d+_\d+", task) for call in calls for task in call["after"])
 
 
+def test_array_size_and_job_cap_cut_groups_but_never_change_a_cells_dependency(tmp_path: Path,
+                                                                              fake_slurm: Path) -> None:
+    """MaxArraySize splits a group into several arrays with the same dependency; a job cap submits a prefix
+    (part of a group) and defers the rest."""
+    plan = plan_sweep(load_sweep(_two_seed_sweep(tmp_path)))
+    write_plan(plan)
+    profiles = str(write_profiles(tmp_path))
+    SlurmExecutor(profile="test", profiles_file=profiles, limits=ClusterLimits(max_array_tasks=1)).run(plan, plan.cells)
+    calls = _calls(fake_slurm)
+    assert len(calls) == len(plan.cells) and all(len(c["cells"]) == 1 for c in calls)
+    _check_exact(plan, calls, {c.id for c in plan.cells})
+    fake_slurm.write_text("")
+    (tmp_path / "capped").mkdir()
+    plan = plan_sweep(load_sweep(_two_seed_sweep(tmp_path / "capped")))
+    write_plan(plan)
+    outcome = SlurmExecutor(profile="test", profiles_file=profiles,
+                            limits=ClusterLimits(max_submit_jobs=5)).run(plan, plan.cells)
+    calls = _calls(fake_slurm)
+    assert [len(c["cells"]) for c in calls] == [4, 1]
+    assert sum(s == "deferred" for s in outcome.states.values()) == len(plan.cells) - 5
+    _check_exact(plan, calls, {c.id for c in plan.cells})
+
+
 def test_bases_still_queued_are_waited_for_by_task_and_finished_ones_not_at_all(tmp_path: Path,
                                                                                fake_slurm: Path) -> None:
     """A re-run while the bases are still queued resubmits the (cancelled) transfer cells after the queued base
