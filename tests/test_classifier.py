@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -42,13 +45,35 @@ def test_channels_last_gives_the_same_logits() -> None:
     assert fast.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_precision_auto_is_bf16_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch, major: int, makes_bf16_tensors: bool) -> None:
+    """Mock only the GPU: that one is present, its compute capability, whether a bf16 tensor can be made on it.
+
+    The real ``torch.cuda.is_bf16_supported`` runs on top, with the keyword ``resolve_precision`` passes: a keyword
+    the installed torch does not accept, or a changed meaning of it, fails here (mocking the function itself, as
+    this test once did, accepts any signature). An attribute a future torch renames fails loudly too.
+    """
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(major=major, minor=0, name=f"fake sm_{major}0"))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: makes_bf16_tensors)
+
+
+def test_precision_auto_is_bf16_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_gpu(monkeypatch, major=8, makes_bf16_tensors=True)  # Ampere or later: native bf16
     assert resolve_precision("auto") == "bf16-mixed"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_precision("auto") == "32-true"
     assert resolve_precision("16-mixed") == "16-mixed"
+
+
+def test_the_bf16_query_we_make_is_one_the_installed_torch_accepts() -> None:
+    """The call resolve_precision makes, bound against the installed function's real signature and then made."""
+    signature = inspect.signature(torch.cuda.is_bf16_supported)
+    signature.bind(including_emulation=False)  # TypeError if this torch has no such keyword
+    assert "including_emulation=False" in inspect.getsource(resolve_precision), "the call this test guards"
+    assert isinstance(torch.cuda.is_bf16_supported(including_emulation=False), bool)
 
 
 @pytest.mark.usefixtures("fashion_root")
@@ -65,10 +90,10 @@ def test_bench_train_prints_both_loops_and_the_ratio(capsys: pytest.CaptureFixtu
 
 # ---- GPU-path defects, tested on CPU (only the GPU itself is mocked) -----------------------------------------
 def test_precision_auto_picks_fp16_where_bf16_is_only_emulated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert resolve_precision("auto") == "16-mixed"  # e.g. a V100: bf16 emulated, slower than fp32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    _fake_gpu(monkeypatch, major=7, makes_bf16_tensors=True)  # e.g. a V100: bf16 emulated, slower than fp32
+    assert torch.cuda.is_bf16_supported() is True, "torch itself calls emulated bf16 supported"
+    assert resolve_precision("auto") == "16-mixed"
+    _fake_gpu(monkeypatch, major=9, makes_bf16_tensors=True)  # H100
     assert resolve_precision("auto") == "bf16-mixed"
 
 
