@@ -130,7 +130,7 @@ def make_loggers(cfg: CellConfig, run_dir: Path) -> list[Logger]:
         run_id = wandb_run_id(run_dir, cfg.labels)
         mode = wandb_mode(w)
         previous = sorted(run_dir.glob(f"wandb/offline-run-*-{run_id}")) if mode == "offline" else []
-        logger = WandbLogger(
+        logger = _surviving(WandbLogger)(
             project=w.project, entity=w.entity, group=w.group, job_type=w.job_type,
             name=w.name or run_dir.name, tags=list(w.tags), save_dir=str(run_dir),
             id=run_id, resume="allow", mode=mode, config=to_dict(cfg),
@@ -139,6 +139,50 @@ def make_loggers(cfg: CellConfig, run_dir: Path) -> list[Logger]:
             _continue_offline_run(logger, previous, earlier_attempts)
         loggers.append(logger)
     return loggers
+
+
+def _surviving(wandb_logger: type[Logger]) -> type[Logger]:
+    """``WandbLogger`` whose calls never end the training when W&B's service process is gone.
+
+    Slurm signals every process of the step on a preemption, W&B's service included, and it dies at once; the
+    next ``log`` (a validation's metrics, say) raised ``ConnectionResetError`` before the training process reached
+    its preemption checkpoint, so the preemption was recorded as a failure. The metrics are in the CSV log too
+    (and re-logged into the cell's W&B run by the next attempt), so W&B is dropped for the rest of the attempt.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class SurvivingWandbLogger(wandb_logger):  # type: ignore[misc, valid-type]
+        _gone = False
+
+        def _drop(self, exc: BaseException) -> None:
+            self._gone = True
+            print(f"mkf: W&B logging stopped for this attempt ({type(exc).__name__}: {exc}); the CSV log goes on",
+                  flush=True)
+
+        @rank_zero_only
+        def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+            if not self._gone:
+                try:
+                    super().log_metrics(metrics, step)
+                except _service_errors() as exc:
+                    self._drop(exc)
+
+        @rank_zero_only
+        def log_hyperparams(self, params: Any) -> None:
+            if not self._gone:
+                try:
+                    super().log_hyperparams(params)
+                except _service_errors() as exc:
+                    self._drop(exc)
+
+    return SurvivingWandbLogger
+
+
+def _service_errors() -> tuple[type[BaseException], ...]:
+    """What a W&B call raises when its service process died (a lost socket, wandb's own errors)."""
+    import wandb
+
+    return (OSError, wandb.Error)
 
 
 def _continue_offline_run(logger: Logger, previous: list[Path], attempts: list[Path]) -> None:
