@@ -314,7 +314,7 @@ class SlurmExecutor(Executor):
         (``active``) or one of ``cells`` does. Base arrays come first, each group in plan order."""
         slurm_dir = plan.output_dir / "slurm"
         pending = {c.id for c in cells} | set(active)
-        order = {c.id: i for i, c in enumerate(plan.cells)}  # a group's bases in plan order: A before B
+        order = {c.id: i for i, c in enumerate(plan.cells)}  # a group lists its bases in plan order (stable output)
         groups: dict[tuple[str, str, tuple[str, ...]], list[Cell]] = {}
         names: dict[str, str] = {}
         for cell in cells:
