@@ -2,6 +2,14 @@
 
 Subclasses say where the images come from; this base owns *which* classes a run sees and how labels are
 numbered, so base and transfer cells agree on it whatever the storage format.
+
+It also owns the torch DataLoader of the map-style loaders (folder, in-memory), and with it their share of the
+epoch contract (datamodules.samplers): training order from :class:`EpochShuffleSampler` (one seeded permutation
+per epoch, equal disjoint rank shares, a resumed epoch continued after its trained batches), validation from
+:class:`RankStridedSampler` (each sample on one rank, once). ``drop_last`` is decided on the *rank's* share, not
+the whole set: a share of at least one batch trains whole batches only, a smaller share trains one short batch
+(it was all dropped under DDP before, and Lightning then ended ``fit`` at once on an empty epoch), and a set too
+small to give every rank one sample is a :class:`UserError`.
 """
 
 from __future__ import annotations
@@ -13,8 +21,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from datamodules import samplers
 from datamodules.errors import UserError
-from datamodules.samplers import EpochShuffleSampler, RankStridedSampler, ResumePosition
+from datamodules.samplers import EpochShuffleSampler, RankStridedSampler, ResumePosition, check_trainable
 from datamodules.splits import ClassSplit, make_split
 from datamodules.workers import ignore_preemption_signals
 
@@ -94,6 +103,10 @@ class SplitDataModule(L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() before asking for a loader")
         size = len(dataset)  # type: ignore[arg-type]
+        world = samplers.rank_and_world()[1]  # Lightning asks for loaders after the process group exists
+        per_rank = size // world
+        if train:
+            check_trainable(size, world, self.batch_size, full_batches=False, where=type(self).__name__)
         seeded = train and self.seed_per_sample
         sampler = (EpochShuffleSampler(size, self.seed, self.batch_size, self.position, tag_epoch=seeded) if train
                    else RankStridedSampler(size))
@@ -103,7 +116,9 @@ class SplitDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            drop_last=train and size > self.batch_size,
+            # whole batches only when the rank's share holds one (under DDP every rank has the same share, so the
+            # same number of steps); a smaller share is one short batch rather than an empty epoch
+            drop_last=train and per_rank >= self.batch_size,
             num_workers=self.num_workers,
             worker_init_fn=ignore_preemption_signals,  # the trainer decides when to stop on a preemption
             persistent_workers=self.num_workers > 0,
