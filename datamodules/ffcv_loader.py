@@ -1,20 +1,34 @@
 """FFCV .beton files (written by ``mkf data write --format ffcv``) as a class-split datamodule.
 
-Train: ``RandomResizedCropRGBImageDecoder`` + flip, ``OrderOption.RANDOM`` with ``distributed=True`` under DDP
-(FFCV's own DistributedSampler: equal batches on every rank, ``drop_last``). The Loader is built in
-``train_dataloader()``, which Lightning calls after the process group exists, and it is not a torch DataLoader, so
-Lightning never injects a sampler of its own. The epoch is taken from the trainer before each pass, so a resumed run
-continues with its epoch's order.
+The epoch contract (datamodules.samplers) holds here as for the folder and in-memory loaders, with the same
+permutation: FFCV's own orders do not keep it. ``OrderOption.RANDOM`` with ``distributed=True`` is torch's
+``DistributedSampler`` with ``drop_last=False``, which pads every rank's share with repeated samples, and FFCV
+restarts a resumed epoch from its first batch while Lightning runs only the remaining ones (the first k batches
+trained twice, the last k never). So the Loader gets a traversal order of our own, :class:`PlannedOrder`:
 
-Val: ``CenterCropRGBImageDecoder(ratio=224/256)``, sequential, and each rank gets ``indices[rank::world]``
-(not FFCV's distributed mode, which pads with repeated samples): every val sample counted exactly once.
+* train: the permutation :func:`~datamodules.samplers.epoch_permutation` of (seed, epoch) over the kept samples,
+  each rank's strided share cut to whole batches (at most ``world * batch - 1`` dropped, every rank the same
+  number of steps); on the first pass after a restore it starts after the ``position.batches_done`` batches the
+  checkpoint had trained. ``len()`` stays the whole epoch's count: Lightning adds the restored batches to those it
+  fetches. A rank whose share cannot fill one batch is a UserError (FFCV trains whole batches only);
+* val: ``CenterCropRGBImageDecoder(ratio=224/256)``, sequential, each rank gets ``indices[rank::world]`` (not
+  FFCV's distributed mode, which pads): every val sample counted exactly once.
 
-Batches are uint8 NCHW (channels_last memory); on CUDA they are moved inside the pipeline (``ToDevice``,
-non-blocking) and normalised on the GPU by :func:`normalize_batch`, like the webdataset loader.
+Which samples a cell keeps is decided as by the folder and in-memory loaders, from the labels in the .beton
+metadata: the class-split half first, then ``data.subset`` and ``max_train_samples`` / ``max_val_samples``,
+seeded and stratified by datamodules.subsets, so the same labels give the same choice whatever the loader.
+
+The Loader is built in ``train_dataloader()``, which Lightning calls after the process group exists, and it is not
+a torch DataLoader, so Lightning never injects a sampler of its own. FFCV's ``num_workers`` are threads of one
+process (its compiled pipeline), so ``max(1, num_workers)`` of them decode each batch; batch order is the plan's.
+Train augmentation: ``RandomResizedCropRGBImageDecoder`` + flip. Batches are uint8 NCHW (channels_last memory); on
+CUDA they are moved inside the pipeline (``ToDevice``, non-blocking) and normalised on the GPU by
+:func:`normalize_batch`, like the webdataset loader.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +40,9 @@ import torch.distributed as dist
 from datamodules.augment import AugmentSpec, normalize_batch
 from datamodules.base import SplitDataModule
 from datamodules.errors import UserError
+from datamodules.samplers import ResumePosition, check_trainable, epoch_permutation, rank_share
 from datamodules.shard_writer import read_index
+from datamodules.subsets import cap_indices, subset_train_indices
 
 
 def require_ffcv() -> None:
@@ -37,18 +53,80 @@ def require_ffcv() -> None:
                         "libturbojpeg0-dev)") from None
 
 
-class _EpochLoader:
-    """Wraps an FFCV Loader so each pass uses the trainer's epoch (FFCV otherwise counts from 0 per process)."""
+def plan_epoch(indices: np.ndarray, seed: int, epoch: int, rank: int, world: int, batch_size: int) -> np.ndarray:
+    """The .beton sample ids ``rank`` trains in ``epoch``, in order: its share of the epoch's permutation of
+    ``indices``, cut to whole batches. The same permutation as the folder and in-memory loaders' sampler."""
+    share = rank_share(epoch_permutation(len(indices), seed, epoch), rank, world).numpy()
+    return np.asarray(indices)[share[: len(share) // batch_size * batch_size]]
 
-    def __init__(self, loader: Any, epoch: Any) -> None:
-        self.loader, self.epoch = loader, epoch
+
+class PlannedOrder:
+    """An FFCV traversal order: :func:`plan_epoch` for one rank, minus the batches a restored checkpoint trained.
+
+    FFCV's Loader takes an *instance* of a TraversalOrder as ``order`` and calls it with itself (``order(loader)``),
+    so the instance binds the loader there and returns itself. ``skip`` is set by :class:`_EpochLoader` for one
+    pass; the Loader's ``len()`` comes from the order it computes at construction (epoch 0, nothing skipped),
+    which is the whole epoch's batch count. Made with :func:`planned_order`, which adds FFCV's base class.
+    """
+
+    def __init__(self, indices: np.ndarray, seed: int, rank: int, world: int, batch_size: int) -> None:
+        self.plan_indices, self.plan_seed = np.asarray(indices), seed
+        self.rank, self.world, self.batch_size = rank, world, batch_size
+        self.skip = 0  # batches of the next pass already trained (a mid-epoch resume)
+
+    def __call__(self, loader: Any) -> PlannedOrder:
+        self.loader, self.indices, self.seed = loader, loader.indices, loader.seed
+        self.distributed, self.sampler = False, None  # what FFCV's own orders expose
+        return self
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        order = plan_epoch(self.plan_indices, self.plan_seed, epoch, self.rank, self.world, self.batch_size)
+        return order[self.skip * self.batch_size :]
+
+
+def _numba_threads() -> int:
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+@functools.cache
+def _ffcv_order_class() -> type:
+    """PlannedOrder as a subclass of FFCV's TraversalOrder (the Loader checks it), made on first use: importing
+    this module must not need FFCV."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    return type("PlannedTraversalOrder", (PlannedOrder, TraversalOrder), {})
+
+
+def planned_order(indices: np.ndarray, seed: int, rank: int, world: int, batch_size: int) -> PlannedOrder:
+    return _ffcv_order_class()(indices, seed, rank, world, batch_size)  # type: ignore[no-any-return]
+
+
+class _EpochLoader:
+    """Wraps an FFCV Loader so each pass uses the trainer's epoch (FFCV otherwise counts from 0 per process), and
+    the first pass after a restore continues the interrupted epoch after its trained batches."""
+
+    def __init__(self, loader: Any, epoch: Any, order: PlannedOrder | None = None,
+                 position: ResumePosition | None = None) -> None:
+        self.loader, self.epoch, self.order, self.position = loader, epoch, order, position
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        self.loader.next_epoch = self.epoch()
-        return iter(self.loader)
+        epoch, skip = self.epoch(), 0
+        if self.order is not None and self.position is not None and self.position.pending:
+            epoch, skip = self.position.epoch, self.position.batches_done
+            self.position.pending = False
+        self.loader.next_epoch = epoch
+        if self.order is None:
+            return iter(self.loader)
+        self.order.skip = skip
+        try:
+            return iter(self.loader)  # computes the pass's order now (Loader.__iter__ is not a generator)
+        finally:
+            self.order.skip = 0
 
 
 class FFCVDataModule(SplitDataModule):
@@ -69,6 +147,9 @@ class FFCVDataModule(SplitDataModule):
         seed: int = 0,
         interpolation: str = "bilinear",
         rand_augment: str | None = None,
+        subset: dict[str, Any] | None = None,
+        max_train_samples: int | None = None,
+        max_val_samples: int | None = None,
         **ignored: Any,
     ) -> None:
         # FFCV's decoders are compiled pipeline stages: its RandomResizedCrop resizes with OpenCV's INTER_AREA, and
@@ -105,6 +186,7 @@ class FFCVDataModule(SplitDataModule):
         self.files: dict[str, Path] = {}
         self.indices: dict[str, np.ndarray] = {}
         self.samples_skipped = 0  # FFCV files hold only images that decoded at write time
+        self.subset, self.max_train_samples, self.max_val_samples = subset, max_train_samples, max_val_samples
 
     def _file(self, part: str) -> Path:
         entry = self.index["sets"][self.set_name][part]["files"][0]
@@ -121,8 +203,16 @@ class FFCVDataModule(SplitDataModule):
         for part in ("train", "val"):
             path = self._file(part)
             labels = np.asarray(Reader(str(path)).metadata["f1"]).astype(np.int64)
+            index = np.flatnonzero(np.isin(labels, list(self.label_map)))
+            # the same selection, in the same order, as the folder and in-memory loaders (datamodules.subsets)
+            if part == "train":
+                index = index[subset_train_indices(labels[index], self.subset, self.max_train_samples, self.seed)]
+            else:
+                index = index[cap_indices(labels[index], self.max_val_samples, self.seed)]
+            if not len(index):
+                raise UserError(f"{path} has no images of the selected classes; check data.split/half")
             self.files[part] = path
-            self.indices[part] = np.flatnonzero(np.isin(labels, list(self.label_map)))
+            self.indices[part] = index
 
     @property
     def _device(self) -> torch.device:
@@ -168,20 +258,23 @@ class FFCVDataModule(SplitDataModule):
         part = "train" if train else "val"
         rank, world = self._rank_world()
         indices = self.indices[part]
-        workers = max(1, self.num_workers)
+        # FFCV's workers are numba threads, and numba refuses more than it started with (the CPU count, or
+        # NUMBA_NUM_THREADS): data.num_workers above that is clamped rather than a crash at the first batch
+        workers = min(max(1, self.num_workers), _numba_threads())
         if train:
-            if len(indices) < self.batch_size * world:
-                raise UserError(f"{len(indices)} training samples cannot fill one batch of {self.batch_size} on "
-                                f"each of {world} ranks; lower data.batch_size")
-            loader = Loader(str(self.files[part]), batch_size=self.batch_size, num_workers=workers,
-                            order=OrderOption.RANDOM, distributed=world > 1, seed=self.seed,
-                            indices=indices.tolist(), pipelines=self._pipelines(True), drop_last=True)
-        else:
-            loader = Loader(str(self.files[part]), batch_size=self.batch_size, num_workers=workers,
-                            order=OrderOption.SEQUENTIAL, indices=indices[rank::world].tolist(),
-                            pipelines=self._pipelines(False), drop_last=False)
-        trainer = self
-        return _EpochLoader(loader, lambda: trainer.trainer.current_epoch if trainer.trainer is not None else 0)
+            check_trainable(len(indices), world, self.batch_size, full_batches=True, where="loader ffcv")
+            order = planned_order(indices, self.seed, rank, world, self.batch_size)
+            loader = Loader(str(self.files[part]), batch_size=self.batch_size, num_workers=workers, order=order,
+                            seed=self.seed, indices=indices.tolist(), pipelines=self._pipelines(True),
+                            drop_last=True)
+            return _EpochLoader(loader, self._current_epoch, order, self.position)
+        loader = Loader(str(self.files[part]), batch_size=self.batch_size, num_workers=workers,
+                        order=OrderOption.SEQUENTIAL, indices=indices[rank::world].tolist(),
+                        pipelines=self._pipelines(False), drop_last=False)
+        return _EpochLoader(loader, self._current_epoch)
+
+    def _current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
 
     def train_dataloader(self) -> Any:  # type: ignore[override]
         return self._make(train=True)
@@ -207,5 +300,5 @@ class FFCVDataModule(SplitDataModule):
         info = super().describe()
         info.update(loader="ffcv", shards=str(self.shards_root), shard_set=self.set_name,
                     train_samples=len(self.indices.get("train", [])), val_samples=len(self.indices.get("val", [])),
-                    samples_skipped=self.samples_skipped)
+                    samples_skipped=self.samples_skipped, subset=self.subset)
         return info
