@@ -2,6 +2,13 @@
 
 The class list is the sorted folder names (the standard ILSVRC-2012 order when the folders are wnids), which
 is what Yosinski's man-made/natural split indexes into.
+
+The epoch contract (datamodules.samplers, kept by the base's DataLoader): each training epoch is one seeded
+permutation of the kept images, split into equal disjoint rank shares, continued after the trained batches on a
+mid-epoch resume; validation scores each image once across ranks. Which images are kept is the class-split half,
+then ``data.subset`` / ``max_*_samples`` (seeded, stratified: datamodules.subsets), the same choice the FFCV loader
+makes from the same labels. Crops are seeded per sample (SeededSamples), so loader workers do not change them,
+and the dataset pickles (no lambdas): DataLoader workers under a spawn or forkserver start method receive it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,16 @@ def train_transform(image_size: int, scale: tuple[float, float] = (0.08, 1.0)) -
 def val_transform(image_size: int, crop_ratio: float = 224 / 256) -> v2.Compose:
     """Evaluation: resize the short side to image_size / crop_ratio, then a centre crop."""
     return torchvision_val_transform(AugmentSpec(val_resolution=image_size, crop_ratio=crop_ratio))
+
+
+class _Relabel:
+    """Original class index -> this run's label; a class, not a lambda, so the dataset pickles into workers."""
+
+    def __init__(self, label_map: dict[int, int]) -> None:
+        self.label_map = label_map
+
+    def __call__(self, y: int) -> int:
+        return self.label_map[y]
 
 
 def _class_folders(path: Path) -> list[str]:
@@ -92,7 +109,7 @@ class ImageFolderDataModule(SplitDataModule):
         folder = datasets.ImageFolder(
             str(self.root / part),
             transform=torchvision_train_transform(self.spec) if train else torchvision_val_transform(self.spec),
-            target_transform=lambda y: label_map[y],
+            target_transform=_Relabel(label_map),
         )
         targets = np.asarray(folder.targets)
         index = np.flatnonzero(np.isin(targets, list(label_map)))
