@@ -106,22 +106,33 @@ def test_signal_while_data_and_model_are_built_stops_before_the_first_step(tmp_p
     assert not (tmp_path / "cell" / "checkpoints" / "preempt.ckpt").exists()  # nothing trained: nothing to save
 
 
-def test_loader_workers_survive_term_and_usr1(fashion_root: Path) -> None:
-    """Slurm signals every process of the step: real DataLoader workers (torch's signal handlers installed) that
-    get TERM and USR1 keep serving batches until the epoch's end."""
+def test_loader_workers_survive_term_and_usr1(fashion_root: Path, tmp_path: Path, own_signals: None) -> None:
+    """Slurm signals every process of the step: real DataLoader workers that get TERM and USR1 keep serving
+    batches, also when the signal comes right after the fork, before ``worker_init_fn`` ran (torch's own worker
+    TERM handler is in place then; the training thread's blocked mask, inherited, is what saves them)."""
     dm = build_datamodule("fashion_mnist", split={"kind": "random_halves", "seed": 0}, half="A", batch_size=16,
-                          max_train_samples=512, max_val_samples=64, num_workers=2)
+                          max_train_samples=256, max_val_samples=64, num_workers=2)
     dm.setup()
-    it = iter(dm.train_dataloader())
-    next(it)
-    workers = [w.pid for w in it._workers]  # type: ignore[attr-defined]
-    for pid in workers:
-        os.kill(pid, signal.SIGTERM)
-        os.kill(pid, signal.SIGUSR1)
-    time.sleep(0.5)  # a worker killed by the signal would be seen dead by now
-    rest = sum(1 for _ in it)
-    assert rest == 512 // 16 - 1
-    assert all(w.is_alive() for w in it._workers), "a loader worker died of TERM/USR1"  # type: ignore[attr-defined]
+    handler = PreemptionHandler(tmp_path / "p.ckpt", signals=slurm_runtime.PREEMPTION_SIGNALS)
+    handler.install()
+    handler._block()  # what its setup() does for the fit
+    try:
+        for _ in range(10):
+            it = iter(dm.train_dataloader())
+            for w in it._workers:  # type: ignore[attr-defined]
+                os.kill(w.pid, signal.SIGTERM)  # at once: inside the fork-to-init window
+                os.kill(w.pid, signal.SIGUSR1)
+            assert sum(1 for _ in it) == 256 // 16  # a worker killed by the signal raises here
+        it = iter(dm.train_dataloader())
+        next(it)
+        for w in it._workers:  # type: ignore[attr-defined]
+            os.kill(w.pid, signal.SIGTERM)  # and long after worker_init_fn
+        time.sleep(0.5)
+        assert sum(1 for _ in it) == 256 // 16 - 1
+        assert all(w.is_alive() for w in it._workers), "a worker died of TERM"  # type: ignore[attr-defined]
+    finally:
+        handler.teardown(None, None, "fit")  # type: ignore[arg-type]
+    assert handler.signum is None  # the workers' signals never reached the training process
 
 
 def test_preemptions_never_count_failures_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
