@@ -92,6 +92,7 @@ def test_ffcv_two_ranks_equal_disjoint_exact_and_resumed_order(beton: Path, tmp_
         assert len(a) == len(b) == expected * BATCH
         assert len(set(a)) == len(a) and len(set(b)) == len(b) and not set(a) & set(b)  # disjoint within an epoch
         assert set(a) | set(b) <= set(range(CLASSES))
+        assert CLASSES - len(a + b) <= 2 * BATCH - 1  # a permutation: at most world x batch - 1 left out
     assert r0["labels"][0] != r0["labels"][1] != r0["labels"][2]  # a new order each epoch
     assert r0["resumed"] == r0["labels"][2] and r1["resumed"] == r1["labels"][2]  # resumed epoch = fresh run's
     assert r0["resumed"] != r0["labels"][0]
