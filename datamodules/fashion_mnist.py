@@ -2,6 +2,12 @@
 
 Images stay uint8 28x28 in memory (47 MB for all 70k); padding, flips and normalisation run per batch in
 ``on_after_batch_transfer``, i.e. on the accelerator, so a CPU-bound loader never starves a GPU.
+
+The epoch contract (datamodules.samplers, kept by the base's DataLoader): each training epoch is one permutation
+of the kept images seeded by (seed, epoch), cut into equal disjoint rank shares (at most ``world * batch - 1``
+dropped), continued after the trained batches on a mid-epoch resume; validation scores each image once across
+ranks. Kept images: the class-split half, then ``data.subset`` / ``max_*_samples`` (seeded, stratified, sorted:
+datamodules.subsets), so the sampler's permutation is the only source of order.
 """
 
 from __future__ import annotations

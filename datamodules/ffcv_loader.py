@@ -115,18 +115,26 @@ class _EpochLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
+        return self._pass()
+
+    def _pass(self) -> Iterator[Any]:
+        # a generator: nothing runs until the first batch is asked for. Lightning calls iter() once on any loader
+        # that is not a torch DataLoader just to probe that it is iterable; an eager pass would start FFCV's
+        # decoding thread for nothing and consume the resume position before the real pass
         epoch, skip = self.epoch(), 0
         if self.order is not None and self.position is not None and self.position.pending:
             epoch, skip = self.position.epoch, self.position.batches_done
             self.position.pending = False
         self.loader.next_epoch = epoch
         if self.order is None:
-            return iter(self.loader)
+            yield from self.loader
+            return
         self.order.skip = skip
         try:
-            return iter(self.loader)  # computes the pass's order now (Loader.__iter__ is not a generator)
+            batches = iter(self.loader)  # computes the pass's order now (Loader.__iter__ is not a generator)
         finally:
             self.order.skip = 0
+        yield from batches
 
 
 class FFCVDataModule(SplitDataModule):

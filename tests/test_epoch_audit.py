@@ -22,6 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -346,6 +347,55 @@ def test_ffcv_epochs_are_permutations_resume_and_exact_val(id_beton: Path) -> No
         dm = ffcv_dm(id_beton, rank=rank, world=2)
         val_ids.append([i for b in dm.val_dataloader() for i in ffcv_ids(dm, b)])
     check_val(val_ids, {i for i in range(N_FFCV_VAL) if i % 2})
+
+
+class _IdRecorder(L.LightningModule):
+    """A linear model that records, per epoch, the ids of the samples each training step sees."""
+
+    def __init__(self, dm: Any) -> None:
+        super().__init__()
+        self.dm, self.layer = dm, torch.nn.Linear(3 * 8 * 8, 2)
+        self.seen: dict[int, list[int]] = {}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.seen.setdefault(self.current_epoch, []).extend(int(self.dm.class_names[j][1:]) for j in y.tolist())
+        return self.layer(x.flatten(1)).square().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+@pytest.mark.usefixtures("ffcv_installed")
+@pytest.mark.timeout(240)
+def test_ffcv_resume_through_lightning_trains_each_sample_once(id_beton: Path, tmp_path: Path) -> None:
+    """The real fit loop: stopped after a random batch of epoch 1, resumed from that checkpoint by a fresh trainer
+    and datamodule; the steps before and after train epoch 1's permutation once (Lightning ends the epoch at
+    ``len()``, counting the restored batches)."""
+    from datamodules.ffcv_loader import plan_epoch
+    from pipeline.resume import TrainingState
+
+    def fit(max_steps: int, ckpt: Path | None) -> tuple[Any, _IdRecorder]:
+        dm = ffcv_dm(id_beton)
+        dm.trainer = None
+        model = _IdRecorder(dm)
+        checkpoints = L.pytorch.callbacks.ModelCheckpoint(tmp_path, every_n_train_steps=max(max_steps, 0),
+                                                          save_top_k=-1)
+        trainer = L.Trainer(max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, limit_val_batches=0,
+                            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                            callbacks=[TrainingState(dm.position), checkpoints])
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        return dm, model
+
+    planned = [plan_epoch(ffcv_dm(id_beton).indices["train"], 0, e, 0, 1, BATCH_FFCV).tolist() for e in (0, 1)]
+    n = len(planned[0]) // BATCH_FFCV
+    k = random.Random(3).randrange(1, n)
+    dm, first = fit(n + k, None)
+    assert len(dm.train_dataloader()) == n
+    (ckpt,) = tmp_path.glob(f"*step={n + k}.ckpt")
+    _, second = fit(-1, ckpt)
+    assert first.seen[0] == planned[0] and first.seen[1] == planned[1][: k * BATCH_FFCV]
+    assert list(second.seen) == [1] and first.seen[1] + second.seen[1] == planned[1]
 
 
 # ---- subsets: the FFCV loader picks the images the folder loader picks ----------------------------------------
