@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "cells are skipped; interrupted ones resume from their last checkpoint.")
     s.add_argument("sweep", help="sweep YAML")
     s.add_argument("--executor", default="local", choices=["local", "slurm"],
-                   help="local: run here, in dependency order; slurm: one job array per (stage, profile)")
+                   help="local: run here, in dependency order; slurm: job arrays per (stage, profile, base tasks waited for)")
     s.add_argument("--profile", help="slurm: cluster profile name (default: the sweep's slurm.profiles, else "
                                      "'default')")
     s.add_argument("--profiles", help="slurm: profiles YAML (default: configs/profiles.yaml)")
@@ -469,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["train"]:
+        from launch import slurm_runtime  # torch-free
+
+        if slurm_runtime.in_slurm_step():  # a preemption during the imports below is recorded, not fatal
+            slurm_runtime.record_early_signals()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
