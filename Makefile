@@ -13,6 +13,7 @@ demo: system-demo install
 
 test: system-test install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports  # the layering contracts in pyproject.toml
 	$(VENV)/bin/python -m pytest -q
 
 install: $(STAMP)
@@ -63,6 +64,7 @@ system-test:
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(VENV)/bin/mkf bench train

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from datamodules.errors import UserError
 
 if TYPE_CHECKING:
-    from datamodules.base import SplitDataModule
+    from datamodules.loaders.base import SplitDataModule
 
 
 DATASETS = ("fashion_mnist", "mnist_5k", "image_folder")
@@ -35,31 +35,31 @@ def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> Sp
         raise UserError(f"unknown data.loader {loader!r}; use one of {', '.join(LOADERS)}")
     if loader in ("wds", "ffcv"):
         # subset / max_train_samples / max_val_samples are passed through: both shard loaders choose them from
-        # their index, seeded and stratified as datamodules.subsets does for every loader
+        # their index, seeded and stratified as datamodules.sources.subsets does for every loader
         if loader == "wds":
-            from datamodules.webdataset_loader import WebDatasetDataModule
+            from datamodules.loaders.wds import WebDatasetDataModule
 
             return WebDatasetDataModule(**kwargs)
-        from datamodules.ffcv_loader import FFCVDataModule
+        from datamodules.loaders.ffcv import FFCVDataModule
 
         kwargs.pop("shuffle_buffer", None)
         return FFCVDataModule(**kwargs)
     if dataset == "fashion_mnist":
         if loader == "folder":
             raise UserError("fashion_mnist has no folder reader; use loader default, or write shards (wds/ffcv)")
-        from datamodules.fashion_mnist import FashionMNISTDataModule
+        from datamodules.loaders.memory import FashionMNISTDataModule
 
         _reject_unused("dataset fashion_mnist", kwargs, _IMAGE_KEYS)
         return FashionMNISTDataModule(**kwargs)
     if dataset == "mnist_5k":
         if loader == "folder":
             raise UserError("mnist_5k has no folder reader; use loader default, or write shards (wds/ffcv)")
-        from datamodules.fashion_mnist import MNIST5kDataModule
+        from datamodules.loaders.memory import MNIST5kDataModule
 
         _reject_unused("dataset mnist_5k", kwargs, _IMAGE_KEYS)
         return MNIST5kDataModule(**kwargs)
     if dataset == "image_folder":
-        from datamodules.image_folder import ImageFolderDataModule
+        from datamodules.loaders.folder import ImageFolderDataModule
 
         _reject_unused("loader folder", kwargs, {"shuffle_buffer": 1000, "shards": None})
         return ImageFolderDataModule(**kwargs)
@@ -69,7 +69,7 @@ def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> Sp
 def __getattr__(name: str) -> Any:
     """``datamodules.SplitDataModule`` on first use: importing the package (e.g. for UserError) stays torch-free."""
     if name == "SplitDataModule":
-        from datamodules.base import SplitDataModule
+        from datamodules.loaders.base import SplitDataModule
 
         return SplitDataModule
     raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

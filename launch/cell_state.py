@@ -1,7 +1,7 @@
 """Where a cell stands, read from files alone, so `mkf sweep status` works from any shell and after crashes.
 
 The run directory's own files (result, failure, checkpoints, attempts) are read through the torch-free
-``pipeline.run_folder``; this module adds what only the launcher knows: the local executor's pid and exit files.
+``pipeline.results.run_folder``; this module adds what only the launcher knows: the local executor's pid and exit files.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline import run_folder
-from pipeline.run_folder import FAILED_FILE, read_attempts  # noqa: F401  (re-exported for the launchers)
+from pipeline.results import run_folder
+from pipeline.results.run_folder import FAILED_FILE, read_attempts  # noqa: F401  (re-exported for the launchers)
 
 if TYPE_CHECKING:
     from launch.sweep import Cell, SweepPlan

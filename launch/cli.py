@@ -9,26 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections import Counter
-from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from configs import config_path
 from datamodules.errors import UserError
+from launch.console import console, err_console
 
 DEMO_CONFIG = config_path("demo.yaml")  # package data: found from a checkout and from an installed wheel
-# tables stay readable when piped or logged (rich would squeeze them into 80 columns)
-console = Console(width=None if sys.stdout.isatty() else 220)
-err_console = Console(stderr=True)
 
 
 # ---- mkf layers ---------------------------------------------------------------------------------------------
 def cmd_layers(args: argparse.Namespace) -> int:
-    from pipeline.layer_plan import plan_units
-    from pipeline.models import create_model
+    from pipeline.models.layer_plan import plan_units
+    from pipeline.models.zoo import create_model
 
     if args.map:
         return _print_mapping(args)
@@ -52,9 +46,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def _print_mapping(args: argparse.Namespace) -> int:
     """`mkf layers --map SRC DST`: which source unit, channels and kernel feed each target unit."""
-    from pipeline.layer_plan import plan_units
-    from pipeline.models import create_model
-    from pipeline.unit_mapping import MappingPolicy, mapping_table
+    from pipeline.models.layer_plan import plan_units
+    from pipeline.models.zoo import create_model
+    from pipeline.transfer.mapping import MappingPolicy, mapping_table
 
     src_arch, dst_arch = args.map
     if args.arch:
@@ -81,7 +75,7 @@ def _print_mapping(args: argparse.Namespace) -> int:
 # ---- mkf train ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from pipeline.config import load_cell_config
-    from pipeline.train import train_cell
+    from pipeline.training.train import train_cell
 
     cfg = load_cell_config(args.config)
     if args.run_dir:
@@ -103,129 +97,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---- mkf sweep ----------------------------------------------------------------------------------------------
-def _plan_table(plan) -> Table:  # type: ignore[no-untyped-def]
-    table = Table(title=f"sweep {plan.name}: {len(plan.cells)} cells -> {plan.output_dir}")
-    for col in ("id", "stage", "arch", "variant", "source->target", "depth", "seed", "depends on"):
-        table.add_column(col, no_wrap=col in ("id", "depends on"), min_width=12 if "id" in col else None,
-                         overflow="fold")
-    for c in plan.cells:
-        table.add_row(c.id, c.stage, c.arch + (f" <- {c.source_arch}" if c.source_arch not in (None, c.arch) else ""),
-                      c.variant + (f" ({c.unit_kind})" if c.unit_kind else ""),
-                      f"{c.source}->{c.target}" if c.stage == "transfer" else str(c.target or ""),
-                      "" if c.depth is None else str(c.depth), str(c.seed), ",".join(c.depends_on))
-    return table
-
-
-PLAN_TABLE_MAX = 60  # larger plans print a per-stage summary instead of one row per cell
-
-
-def _plan_summary(plan) -> Table:  # type: ignore[no-untyped-def]
-    counts: Counter[tuple[str, str, str, str]] = Counter(
-        (c.stage, c.arch, c.variant if c.stage == "transfer" else "base", c.unit_kind) for c in plan.cells)
-    table = Table(title=f"sweep {plan.name}: {len(plan.cells):,} cells -> {plan.output_dir}")
-    for col in ("stage", "arch", "variant", "unit kind", "cells"):
-        table.add_column(col, justify="right" if col == "cells" else "left")
-    for (stage, arch, variant, kind), n in sorted(counts.items()):
-        table.add_row(stage, arch, variant, kind, f"{n:,}")
-    return table
-
-
-def _print_plan(plan, costs: bool = True) -> None:  # type: ignore[no-untyped-def]
-    console.print(_plan_table(plan) if len(plan.cells) <= PLAN_TABLE_MAX else _plan_summary(plan))
-    if costs:
-        from launch.cost import estimate
-
-        for line in estimate(plan).lines():
-            console.print(line, markup=False, highlight=False)
-
-
 def cmd_sweep_plan(args: argparse.Namespace) -> int:
     from launch.sweep import load_sweep, plan_sweep, write_plan
+    from launch.sweep_view import print_plan
 
     plan = plan_sweep(load_sweep(args.sweep))
-    _print_plan(plan)
+    print_plan(plan)
     console.print(f"manifest: {write_plan(plan)}")
     return 0
 
 
-def run_sweep(sweep_path: str | Path, executor_name: str = "local", slots: int = 1, progress: bool = True,
-              profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False) -> int:
-    """Plan, write the manifest, run (or submit) every cell that is not finished; finished cells are skipped."""
-    from launch.cell_state import cell_state, clear_failure
-    from launch.executors import executor_class
-    from launch.sweep import load_sweep, materialize_configs, plan_sweep, write_plan
-
-    cls = executor_class(executor_name)
-    sweep = load_sweep(sweep_path)
-    plan = plan_sweep(sweep)
-    executor = cls.from_options({"slots": slots, "progress": progress, "profile": profile,
-                                 "profiles_file": profiles_file, "dry_run": dry_run, "sweep_slurm": sweep.slurm})
-    if dry_run:
-        _print_plan(plan)
-    else:
-        write_plan(plan)
-    states = {c.id: cell_state(plan, c) for c in plan.cells}
-    todo = [c for c in plan.cells if states[c.id] != "finished"]
-    skipped = len(plan.cells) - len(todo)
-    console.print(f"sweep {plan.name}: {len(plan.cells)} cells, {skipped} already finished, {len(todo)} to run "
-                  f"({sum(states[c.id] == 'interrupted' for c in todo)} resume from a checkpoint)")
-    if not dry_run:
-        for cell in todo:
-            clear_failure(plan, cell)
-        materialize_configs(plan, todo)  # only the cells about to run get their config YAML
-    outcome = executor.run(plan, todo)
-    failed = outcome.failed
-    if failed:
-        err_console.print(f"{len(failed)} cells did not finish; rerun the same command to retry them")
-        return 1
-    return 0
-
-
 def cmd_sweep_run(args: argparse.Namespace) -> int:
+    from launch.sweep_run import run_sweep
+
     return run_sweep(args.sweep, args.executor, args.slots, progress=not args.no_progress, profile=args.profile,
                      profiles_file=args.profiles, dry_run=args.dry_run)
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from launch.cell_state import STATES, cell_state
-    from launch.executors import executors_used
-    from launch.sweep import resolve_plan
-    from pipeline.run_folder import last_metric, read_attempts
+    from launch.sweep_view import print_status
 
-    plan = resolve_plan(args.target)
-    views = [e.status(plan) for e in executors_used(plan)]
-    table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
-    columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "preempted", "failed", "metric"]
-    columns += [c for v in views for c in v.columns]
-    for col in columns:
-        table.add_column(col, no_wrap=True, min_width=12 if col == "id" else None)
-    counts: dict[str, Counter[str]] = {}
-    shown = 0
-    for c in plan.cells:
-        state = cell_state(plan, c)
-        if state in ("pending", "interrupted") and any(c.id in v.running for v in views):
-            state = "running"
-        counts.setdefault(c.stage, Counter())[state] += 1
-        if args.only and state not in args.only:
-            continue
-        shown += 1
-        if shown > args.limit > 0:
-            continue
-        attempts = read_attempts(c.run_dir)
-        row = [c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed), state,
-               str(attempts["preemptions"]), str(attempts["failures"]), last_metric(c.run_dir)]
-        for v in views:
-            row += v.rows.get(c.id, [""] * len(v.columns))
-        table.add_row(*row)
-    console.print(table)
-    if shown > args.limit > 0:
-        console.print(f"... {shown - args.limit} more cells not listed (--limit 0 lists all, --only STATE filters)")
-    for stage, counter in counts.items():
-        console.print(f"{stage:>8}: " + "  ".join(f"{s}: {counter[s]}" for s in STATES)
-                      + f"  total: {sum(counter.values())}")
-    total = sum(counts.values(), Counter())
-    console.print("   total: " + "  ".join(f"{s}: {total[s]}" for s in STATES) + f"  total: {len(plan.cells)}")
-    return 0
+    return print_status(args.target, only=args.only, limit=args.limit)
 
 
 def cmd_sweep_cancel(args: argparse.Namespace) -> int:
@@ -250,64 +142,23 @@ def cmd_sweep_sync(args: argparse.Namespace) -> int:
 
 
 # ---- mkf report ---------------------------------------------------------------------------------------------
-def report(sweep_dir: str | Path, partial: bool = False) -> list[Path]:
-    from pipeline.results import write_report
-
-    rows, files = write_report(sweep_dir, partial=partial)
-    table = Table(title=f"relative top-1 ({sweep_dir})")
-    for col in ("arch", "variant", "source->target", "depth", "seed", "top-1", "reference", "relative"):
-        table.add_column(col, justify="right" if col not in ("arch", "variant", "source->target") else "left")
-    shown = [r for r in rows if r["stage"] == "transfer"] if len(rows) > PLAN_TABLE_MAX else rows
-    for r in shown[:PLAN_TABLE_MAX * 4]:
-        table.add_row(r["arch"], r["variant"] or "", f"{r['source']}->{r['target']}" if r["stage"] == "transfer"
-                      else str(r["target"] or ""), "" if r["depth"] is None else str(r["depth"]), str(r["seed"]),
-                      f"{r['top1']:.4f}", f"{r['reference_top1']:.4f}" if r["reference_top1"] else "",
-                      f"{r['relative_top1']:.3f}" if r["relative_top1"] is not None else "")
-    console.print(table)
-    for f in files:
-        console.print(f"wrote {f}")
-    figure = next((f for f in files if f.suffix == ".png"), None)
-    if figure is None:
-        console.print("no figure yet: no transfer cell has finished with its reference base")
-        return files
-    import csv
-
-    from launch.wandb_sync import log_report
-
-    tables = {}
-    for path in files:  # summary.csv and the kind's tables (matrix.csv, retention.csv)
-        if path.suffix == ".csv" and path.name != "results.csv":
-            with path.open(newline="") as f:
-                tables[path.stem] = list(csv.DictReader(f))
-    logged = log_report(Path(sweep_dir), figure, rows, key="figure", tables=tables)
-    if logged:
-        console.print(f"logged the figure to W&B ({logged})")
-    return files
-
-
 def cmd_report(args: argparse.Namespace) -> int:
+    from launch.report import report
+
     report(args.dir, partial=args.partial)
     return 0
 
 
 # ---- mkf demo -----------------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from launch.sweep import load_sweep
+    from launch.demo import run_demo
 
-    start = time.time()
-    code = run_sweep(args.config, "local", args.slots, progress=not args.no_progress)
-    if code != 0:
-        return code
-    out = Path(load_sweep(args.config).output_dir)
-    files = report(out)
-    figure = next(f for f in files if f.suffix == ".png")
-    console.print(f"demo finished in {time.time() - start:.0f} s; figure: {figure.resolve()}")
-    return 0
+    return run_demo(args.config, args.slots, progress=not args.no_progress)
 
 
 # ---- mkf bench ----------------------------------------------------------------------------------------------
 def cmd_bench_train(args: argparse.Namespace) -> int:
-    from pipeline.benchmark import bench_train
+    from pipeline.bench.train import bench_train
 
     bench_train(arch=args.arch, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                 image_size=args.image_size, repeats=args.repeats, out_json=args.json, console=console)
@@ -315,7 +166,7 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
-    from launch.bench_sweep import bench_sweep
+    from launch.bench.sweep_submit import bench_sweep
 
     bench_sweep(seeds=args.seeds, arch=args.arch, profile=args.profile, profiles_file=args.profiles,
                 submit=not args.no_submit, out_json=args.json, console=console)
@@ -323,7 +174,7 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_cli(args: argparse.Namespace) -> int:
-    from launch.bench_cli import bench_cli
+    from launch.bench.cli_timing import bench_cli
 
     bench_cli(repeats=args.repeats, seeds=args.seeds, out_json=args.json, console=console)
     return 0
@@ -460,11 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_cli)
 
-    from launch import data_cli, filters_cli, gpu_bench_cli
+    from launch.commands import data, filters, gpu_bench
 
-    data_cli.add_parsers(sub, bench)
-    filters_cli.add_parsers(sub)
-    gpu_bench_cli.add_parsers(bench)
+    data.add_parsers(sub, bench)
+    filters.add_parsers(sub)
+    gpu_bench.add_parsers(bench)
     return p
 
 

@@ -3,11 +3,11 @@ policy, and the ranks' wiring.
 
 Lightning's SLURMEnvironment reads ranks and the master address from Slurm's variables; its own auto-requeue
 is turned off because it checkpoints inside the signal handler (possibly mid-step). Ours checkpoints at a batch
-boundary all ranks agree on (:class:`pipeline.resume.PreemptionHandler`); on USR1 (time limit near) the job
+boundary all ranks agree on (:class:`pipeline.training.resume.PreemptionHandler`); on USR1 (time limit near) the job
 requeues itself, on TERM (a real preemption, ``scontrol requeue``, a drained node) Slurm requeues it.
 
 Restart policy: every attempt is recorded in the run directory's ``attempts.json``
-(:mod:`pipeline.run_folder`). Preemptions never count against a cell; failures do: a crash, a killed rank, or an
+(:mod:`pipeline.results.run_folder`). Preemptions never count against a cell; failures do: a crash, a killed rank, or an
 attempt that ended without recording anything (SIGKILL, node failure). A cell with more than ``max_restarts``
 failures is marked failed instead of training again.
 """
@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline import run_folder
+from pipeline.results import run_folder
 
 if TYPE_CHECKING:
     import lightning as L
@@ -120,7 +120,7 @@ def slurm_extras(run_dir: Path) -> tuple[list[L.Callback], list[Any]]:
     """Callbacks and plugins for a training step inside Slurm; the preemption handler (first) is installed."""
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from pipeline.resume import PreemptionHandler
+    from pipeline.training.resume import PreemptionHandler
 
     ckpt_dir = run_dir / run_folder.CHECKPOINT_DIR
     interval = checkpoint_interval()
@@ -138,8 +138,8 @@ def train_in_slurm(cfg: CellConfig, report: Any = print) -> int:
     """Train one cell inside a Slurm step under the restart policy; returns the process exit code."""
     record_early_signals()  # before the imports below (torch, Lightning, timm: seconds)
     from datamodules.errors import UserError
-    from pipeline.resume import Preempted
-    from pipeline.train import train_cell
+    from pipeline.training.resume import Preempted
+    from pipeline.training.train import train_cell
 
     run_dir = Path(cfg.run_dir)
     if run_folder.read_result(run_dir) is not None:

@@ -11,7 +11,7 @@ its variant, so re-planning yields the same ids, a re-run finds the cells it alr
 that describe the same training run (one arch listed with two unit kinds plans its base cells once; BnB of a
 target shared by many sources) become one cell with one run directory.
 
-Planning is torch-free (unit counts come from :mod:`pipeline.unit_counts`), and ``plan`` writes one file, the
+Planning is torch-free (unit counts come from :mod:`pipeline.models.unit_counts`), and ``plan`` writes one file, the
 manifest (every cell's resolved config inside). A cell's YAML is written only when the cell is about to run or be
 submitted (:func:`materialize_configs`): writing 10,000 small files costs seconds on a network disk.
 """
@@ -30,7 +30,7 @@ from datamodules.errors import UserError
 from launch.sweep_schema import STAGES, TRAIN_SECTIONS, ArchSpec, SweepConfig, load_sweep, parse_sweep
 from launch.variants import VARIANTS, Variant, get_variant
 from pipeline.config import CellConfig, MappingConfig, dump_yaml, to_dict
-from pipeline.unit_counts import known_arch, unit_count
+from pipeline.models.unit_counts import known_arch, unit_count
 
 MANIFEST = "manifest.json"
 __all__ = ["MANIFEST", "STAGES", "VARIANTS", "Cell", "SweepConfig", "SweepPlan", "load_manifest",
@@ -148,7 +148,7 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _check_arch(arch: str) -> None:
     if not known_arch(arch):  # only an arch outside the unit-count table costs a timm import
-        from pipeline.models import check_arch
+        from pipeline.models.zoo import check_arch
 
         check_arch(arch)
 

@@ -35,7 +35,7 @@ class SubsetConfig:
 class DataConfig:
     dataset: str = "fashion_mnist"  # fashion_mnist | image_folder
     root: str | None = None  # dataset folder; fashion_mnist also looks in Debian's package and torchvision's cache
-    split: dict[str, Any] | None = None  # class split (see datamodules.splits.make_split); None = all classes
+    split: dict[str, Any] | None = None  # class split (see datamodules.sources.splits.make_split); None = all classes
     half: str = "B"  # which half of the split this cell trains and evaluates on
     image_size: int = 32
     batch_size: int = 128  # per device

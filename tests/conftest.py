@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-import pipeline.models  # noqa: F401  (registers the demo and HorNet variants)
+import pipeline.models.zoo  # noqa: F401  (registers the demo and HorNet variants)
 from datamodules.errors import UserError
-from datamodules.fashion_mnist import locate_fashion_mnist
+from datamodules.sources.fashion_mnist import locate_fashion_mnist
 from pipeline.config import CellConfig, from_dict
 
 REQUIRE_ALL = os.environ.get("MKF_REQUIRE_ALL_TESTS") == "1"

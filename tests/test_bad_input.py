@@ -137,7 +137,7 @@ def test_train_fashion_mnist_missing_everywhere(capsys, tmp_path, monkeypatch):
     """With no data in data.root, Debian's package or torchvision's cache, and no network, all three are named."""
     import torchvision.datasets
 
-    import datamodules.fashion_mnist as fm
+    import datamodules.sources.fashion_mnist as fm
 
     debian, cache, root = tmp_path / "debian", tmp_path / "cache", tmp_path / "empty_root"
     for d in (debian, cache, root):
@@ -195,8 +195,8 @@ def test_train_transfer_base_of_another_arch(capsys, tmp_path):
     """A base checkpoint of a different arch (and no mapping) names both archs and points at transfer.mapping."""
     import timm
 
-    import pipeline.models  # noqa: F401  (registers the demo archs)
-    from pipeline.weights import save_weights
+    import pipeline.models.zoo  # noqa: F401  (registers the demo archs)
+    from pipeline.models.weights import save_weights
 
     base = tmp_path / "base"
     base.mkdir()

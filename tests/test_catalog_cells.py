@@ -4,7 +4,7 @@
 ``loader: wds`` did, for all 555 cells of reduced_sources) passed CI and stopped on the cluster. Here every YAML of
 configs/paper, configs/studies and configs/demo.yaml is planned, and one cell of each (sweep, dataset role, arch)
 -- one per distinct data and model config within it, so filter_inits' inits and reduced_sources' subsets each
-count -- is built on CPU the way :func:`pipeline.train.train_cell` builds it: ``build_datamodule_for`` (setup, one
+count -- is built on CPU the way :func:`pipeline.training.train.train_cell` builds it: ``build_datamodule_for`` (setup, one
 training batch, one validation batch, through the datamodule's batch hooks) and ``ImageClassifier`` (one forward
 and backward, one EMA update where the cell keeps an EMA).
 
@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from launch.sweep import load_sweep, plan_sweep
-from pipeline.classifier import ImageClassifier
 from pipeline.config import CellConfig, from_dict
-from pipeline.train import build_datamodule_for, validate_config
+from pipeline.training.classifier import ImageClassifier
+from pipeline.training.train import build_datamodule_for, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = sorted([*REPO.glob("configs/paper/*.yaml"), *REPO.glob("configs/studies/*.yaml"), REPO / "configs/demo.yaml"])

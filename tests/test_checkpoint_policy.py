@@ -1,4 +1,4 @@
-"""The checkpoint policy (pipeline.resume.PreemptionHandler) through real Lightning fits of real cells.
+"""The checkpoint policy (pipeline.training.resume.PreemptionHandler) through real Lightning fits of real cells.
 
 Two real gloo ranks (one process each, started like srun starts them) count the Python-level collectives of every
 training step: ordinary steps must have none (a collective is a host sync and a stall on every GPU step), a check
@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from launch import slurm_runtime
-from pipeline import resume
 from pipeline.config import CellConfig
-from pipeline.train import resume_checkpoint, train_cell
+from pipeline.training import resume
+from pipeline.training.train import resume_checkpoint, train_cell
 from tests.conftest import cell_config
 
 COLLECTIVES = ("broadcast", "all_reduce", "reduce", "all_gather", "all_gather_into_tensor", "gather", "scatter",

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.classifier import ImageClassifier
 from pipeline.config import ModelConfig, OptimConfig
-from pipeline.train import resolve_precision
+from pipeline.training.classifier import ImageClassifier
+from pipeline.training.train import resolve_precision
 
 
 def test_warmup_then_cosine_per_step() -> None:
@@ -78,7 +78,7 @@ def test_the_bf16_query_we_make_is_one_the_installed_torch_accepts() -> None:
 
 @pytest.mark.usefixtures("fashion_root")
 def test_bench_train_prints_both_loops_and_the_ratio(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.benchmark import bench_train
+    from pipeline.bench.train import bench_train
 
     result = bench_train(steps=4, warmup=2, repeats=1, batch_size=32)
     out = capsys.readouterr().out
@@ -117,7 +117,7 @@ def test_batches_take_the_models_memory_format_and_dtype() -> None:
 
 
 def test_uint8_normalisation_keeps_mean_and_std_on_the_device_once() -> None:
-    from datamodules import augment
+    from datamodules.loaders import augment
 
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     first = augment.normalize_batch(images)
@@ -130,7 +130,7 @@ def test_uint8_normalisation_keeps_mean_and_std_on_the_device_once() -> None:
 
 
 def test_cuda_runs_use_cudnn_autotuning_and_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.train import configure_cuda
+    from pipeline.training.train import configure_cuda
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     previous = torch.get_float32_matmul_precision()

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from test_data_writer import photo_tree
 
 from datamodules import build_datamodule
-from datamodules.shard_writer import WriteOptions, write_dataset
+from datamodules.shards.writer import WriteOptions, write_dataset
 
 TRAIN_SIZES = [1, 2, 13, 4, 16]  # 36 samples, as uneven as it gets
 VAL_SIZES = [1, 5, 6]  # 12 samples, fewer shards than 2 ranks x 2 workers
@@ -118,8 +118,8 @@ def test_lightning_ddp_val_after_training_equals_a_one_rank_evaluation(uneven_sh
     """
     import lightning as L
 
-    from pipeline.classifier import ImageClassifier
     from pipeline.config import ModelConfig, OptimConfig
+    from pipeline.training.classifier import ImageClassifier
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.manual_seed(0)

@@ -10,8 +10,8 @@ import torch
 from test_data_writer import photo_tree
 
 from datamodules import build_datamodule
-from datamodules.shard_verify import verify_dataset
-from datamodules.shard_writer import WriteOptions, write_dataset
+from datamodules.shards.verify import verify_dataset
+from datamodules.shards.writer import WriteOptions, write_dataset
 
 pytestmark = pytest.mark.usefixtures("ffcv_installed")
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from datamodules import build_datamodule
 from datamodules.errors import UserError
-from datamodules.hub_index import index_hub_shards
+from datamodules.shards.hub_index import index_hub_shards
 from launch.cli import main
 
 

@@ -10,7 +10,7 @@ import torch
 from test_data_writer import photo_tree
 
 from datamodules import build_datamodule
-from datamodules.shard_writer import WriteOptions, write_dataset
+from datamodules.shards.writer import WriteOptions, write_dataset
 
 
 def _val_by_label(dm, batches) -> dict[int, torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -13,8 +13,8 @@ from test_data_writer import photo_tree
 
 from datamodules import build_datamodule
 from datamodules.errors import UserError
-from datamodules.shard_writer import WriteOptions, write_dataset
-from datamodules.webdataset_loader import WebDatasetDataModule
+from datamodules.loaders.wds import WebDatasetDataModule
+from datamodules.shards.writer import WriteOptions, write_dataset
 
 
 def _shards(tmp_path: Path, shard_size: int = 5, split: str = "none", **tree) -> Path:  # type: ignore[no-untyped-def]
@@ -63,7 +63,7 @@ def test_mid_epoch_resume_continues_the_epoch(tmp_path: Path) -> None:
         dm = build_datamodule("image_folder", **kwargs)
         dm.setup()
         if position is not None:
-            dm.position.set(*position)  # what pipeline.resume.TrainingState does on restore
+            dm.position.set(*position)  # what pipeline.training.resume.TrainingState does on restore
         loader = dm.train_dataloader()
         loader._context = lambda: (0, 0, 1)  # type: ignore[attr-defined]  # the restored position names the epoch
         return [(x, y) for x, y, _ in loader]
@@ -114,7 +114,7 @@ def _bad_shard(path: Path, good_jpeg: bytes) -> int:
 def test_bad_samples_are_skipped_counted_and_reach_result_json(tmp_path: Path, caplog) -> None:
     from conftest import cell_config
 
-    from pipeline.train import train_cell
+    from pipeline.training.train import train_cell
 
     root = _shards(tmp_path, shard_size=4, classes=2, train=4, val=2)
     good = next((tmp_path / "src" / "train").glob("*/*.JPEG")).read_bytes()

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from datamodules.errors import UserError
-from datamodules.shard_verify import verify_dataset
-from datamodules.shard_writer import WriteOptions, write_dataset
+from datamodules.shards.verify import verify_dataset
+from datamodules.shards.writer import WriteOptions, write_dataset
 from launch.cli import main
 
 
@@ -77,7 +77,7 @@ def test_flat_val_with_label_file(tmp_path: Path) -> None:
 
 
 def _boom_on_third(recipe, plan, out, opts):  # type: ignore[no-untyped-def]
-    from datamodules import shard_writer
+    from datamodules.shards import writer as shard_writer
 
     if plan.name.endswith("train-000002.tar"):
         (out / plan.name).with_name(".train-000002.tar.tmp-999").write_bytes(b"half a shard")
@@ -86,7 +86,7 @@ def _boom_on_third(recipe, plan, out, opts):  # type: ignore[no-untyped-def]
 
 
 def test_interrupted_write_completes_on_rerun_without_duplicates(tmp_path: Path, monkeypatch) -> None:
-    from datamodules import shard_writer
+    from datamodules.shards import writer as shard_writer
 
     photo_tree(tmp_path / "src", classes=3, train=5, val=1)
     opts = WriteOptions(shard_size=2)

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from datamodules import build_datamodule
-from datamodules.fashion_mnist import CLASS_NAMES, fashion_batch_transform, read_idx
+from datamodules.loaders.memory import fashion_batch_transform
+from datamodules.sources.fashion_mnist import CLASS_NAMES, read_idx
 
 
 @pytest.mark.usefixtures("fashion_root")
@@ -39,7 +40,7 @@ def test_truncated_idx_file_is_reported(tmp_path: Path) -> None:
 
 def _jpeg_tree(root: Path, classes: list[str], per_class: int) -> None:
     """A small ImageNet-layout tree of real JPEGs (Fashion-MNIST pictures, upscaled to RGB)."""
-    from datamodules.fashion_mnist import FashionMNISTDataModule
+    from datamodules.loaders.memory import FashionMNISTDataModule
 
     dm = FashionMNISTDataModule(max_train_samples=len(classes) * per_class * 2)
     dm.setup()

@@ -33,8 +33,8 @@ from test_data_ddp import _free_port
 
 from datamodules import build_datamodule, samplers
 from datamodules.errors import UserError
-from datamodules.fashion_mnist import FashionMNISTDataModule
-from datamodules.image_folder import ImageFolderDataModule
+from datamodules.loaders.folder import ImageFolderDataModule
+from datamodules.loaders.memory import FashionMNISTDataModule
 
 WORLDS = (1, 2, 4, 16)
 WORKERS = (0, 1, 3)
@@ -253,7 +253,7 @@ def write_beton(path: Path, labels: list[int], size: int = 8) -> None:
 
 
 def write_index(root: Path, classes: list[str]) -> None:
-    from datamodules.shard_writer import INDEX_VERSION
+    from datamodules.shards.writer import INDEX_VERSION
 
     sets = {"all": {part: {"files": [{"name": f"all/{part}.beton"}]} for part in ("train", "val")}}
     (root / "index.json").write_text(json.dumps({"version": INDEX_VERSION, "format": "ffcv", "classes": classes,
@@ -276,7 +276,7 @@ def fake_trainer(rank: int, world: int, epoch: int) -> SimpleNamespace:
 
 
 def ffcv_dm(root: Path, rank: int = 0, world: int = 1, epoch: int = 0, **kwargs: Any) -> Any:
-    from datamodules.ffcv_loader import FFCVDataModule
+    from datamodules.loaders.ffcv import FFCVDataModule
 
     args = {"shards": str(root), "split": {"kind": "explicit", "a": list(range(0, N_FFCV, 2)), "b": FFCV_HALF_B},
             "half": "B", "image_size": 8, "batch_size": BATCH_FFCV, "num_workers": 1, "seed": 0, **kwargs}
@@ -305,7 +305,7 @@ def ffcv_epoch(dm: Any, loader: Any, world: int, epoch: int) -> list[list[list[i
 @pytest.mark.usefixtures("ffcv_installed")
 @pytest.mark.timeout(300)
 def test_ffcv_epochs_are_permutations_resume_and_exact_val(id_beton: Path) -> None:
-    from datamodules.ffcv_loader import plan_epoch
+    from datamodules.loaders.ffcv import plan_epoch
 
     kept = set(FFCV_HALF_B)
     epochs: dict[tuple[int, int], list[list[list[int]]]] = {}
@@ -372,8 +372,8 @@ def test_ffcv_resume_through_lightning_trains_each_sample_once(id_beton: Path, t
     """The real fit loop: stopped after a random batch of epoch 1, resumed from that checkpoint by a fresh trainer
     and datamodule; the steps before and after train epoch 1's permutation once (Lightning ends the epoch at
     ``len()``, counting the restored batches)."""
-    from datamodules.ffcv_loader import plan_epoch
-    from pipeline.resume import TrainingState
+    from datamodules.loaders.ffcv import plan_epoch
+    from pipeline.training.resume import TrainingState
 
     def fit(max_steps: int, ckpt: Path | None) -> tuple[Any, _IdRecorder]:
         dm = ffcv_dm(id_beton)
@@ -456,7 +456,7 @@ def _zero_batch_rank(rank: int, world: int, port: int, beton: str, tree: str, ou
                                                                     max_train_samples=1, num_workers=0)).train_dataloader())
 
     def ffcv_loader() -> Any:
-        from datamodules.ffcv_loader import FFCVDataModule
+        from datamodules.loaders.ffcv import FFCVDataModule
 
         return _prepared(FFCVDataModule(shards=beton, image_size=8, batch_size=4, max_train_samples=7,
                                         num_workers=1)).train_dataloader()

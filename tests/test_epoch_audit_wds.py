@@ -1,4 +1,4 @@
-"""Sample-identity audits of the webdataset loader's epoch contract (see datamodules/webdataset_loader.py).
+"""Sample-identity audits of the webdataset loader's epoch contract (see datamodules/loaders/wds.py).
 
 Every sample carries its id (``shard:key``, the loader's ``with_ids`` batches), and the ground truth is read
 straight from the tars the project's writer (``write_dataset``) and indexer (``index_hub_shards``) produced, not
@@ -25,11 +25,11 @@ from PIL import Image
 
 from datamodules import build_datamodule
 from datamodules.errors import UserError
-from datamodules.hub_index import index_hub_shards
-from datamodules.shard_writer import WriteOptions, write_dataset
-from datamodules.subsets import subset_train_indices
-from datamodules.tar_reader import read_samples, sample_label
-from datamodules.webdataset_loader import ShardStream, WebDatasetDataModule
+from datamodules.loaders.wds import ShardStream, WebDatasetDataModule
+from datamodules.shards.hub_index import index_hub_shards
+from datamodules.shards.tar import read_samples, sample_label
+from datamodules.shards.writer import WriteOptions, write_dataset
+from datamodules.sources.subsets import subset_train_indices
 
 CLASSES = 6
 TRAIN_PER_CLASS = (40, 25, 30, 15, 35, 20)  # uneven classes: 165 training samples
@@ -114,7 +114,7 @@ def _epoch(dm: WebDatasetDataModule, epoch: int, rank: int, world: int, train: b
     """(ids, labels) of each batch one simulated rank gets, through the datamodule's own loader."""
     dm._context = lambda: (epoch, rank, world)  # type: ignore[method-assign]
     if resume_at:
-        dm.position.set(epoch, resume_at)  # what pipeline.resume does on restore
+        dm.position.set(epoch, resume_at)  # what pipeline.training.resume does on restore
     loader = dm.train_dataloader() if train else dm.val_dataloader()
     batches = [(ids, labels.tolist()) for _, labels, skipped, ids in loader]
     assert len(batches) == len(loader) - resume_at  # the loader sizes the whole epoch, as Lightning expects

@@ -15,7 +15,6 @@ from scipy.optimize import linear_sum_assignment
 
 from datamodules.errors import UserError
 from launch.cli import main
-from pipeline.classifier import ImageClassifier
 from pipeline.config import InitConfig, ModelConfig, OptimConfig
 from pipeline.filters.bank import PUBLISHED, read_filter_bank, write_filter_bank
 from pipeline.filters.cluster import ClusterOptions, cluster_kernels
@@ -24,10 +23,11 @@ from pipeline.filters.dog import best_fit_r2, family_kernel, fit_kernel
 from pipeline.filters.extract import KernelSet, extract_kernels, load_kernel_set
 from pipeline.filters.grid import draw_grid, expected_size
 from pipeline.filters.init import apply_init, dog_bank
-from pipeline.layer_plan import plan_units
-from pipeline.models import create_model
-from pipeline.train import train_cell
-from pipeline.weights import load_weights
+from pipeline.models.layer_plan import plan_units
+from pipeline.models.weights import load_weights
+from pipeline.models.zoo import create_model
+from pipeline.training.classifier import ImageClassifier
+from pipeline.training.train import train_cell
 from tests.conftest import cell_config
 
 PLANTED = [("dog", 1), ("dog", -1), ("dx", 1), ("dy", 1), ("dxx", 1), ("dyy", 1)]

@@ -6,7 +6,7 @@ import pytest
 import timm
 
 from launch.cli import main
-from pipeline.layer_plan import is_depthwise, plan_units
+from pipeline.models.layer_plan import is_depthwise, plan_units
 
 
 @pytest.mark.parametrize(("arch", "kind", "count"), [

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import pytest
 
-from pipeline.train import train_cell
+from pipeline.training.train import train_cell
 from tests.conftest import cell_config
 
 pytestmark = pytest.mark.usefixtures("fashion_root")

@@ -11,8 +11,8 @@ import pytest
 
 from launch.cost import estimate
 from launch.sweep import load_sweep, plan_sweep
-from pipeline.report_kinds import matrices, render, retention
-from pipeline.results import add_relative, summarize
+from pipeline.results.figures import matrices, render, retention
+from pipeline.results.tables import add_relative, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 CATALOG = sorted([*REPO.glob("configs/paper/*.yaml"), *REPO.glob("configs/studies/*.yaml"), REPO / "configs/demo.yaml"])

@@ -17,10 +17,10 @@ import torch.multiprocessing as mp
 
 from datamodules import build_datamodule
 from launch import slurm_runtime
-from pipeline import run_folder
 from pipeline.config import CellConfig
-from pipeline.resume import Preempted, PreemptionHandler, checkpoint_step
-from pipeline.train import train_cell
+from pipeline.results import run_folder
+from pipeline.training.resume import Preempted, PreemptionHandler, checkpoint_step
+from pipeline.training.train import train_cell
 from tests.conftest import cell_config
 from tests.test_checkpoint_policy import free_port, join_ranks, two_rank_cell
 

@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from pipeline.config import CellConfig
-from pipeline.train import train_cell
+from pipeline.training.train import train_cell
 from tests.test_checkpoint_policy import free_port, join_ranks, two_rank_cell
 
 

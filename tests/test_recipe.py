@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from datamodules.errors import UserError
-from pipeline.classifier import ImageClassifier, TrainableEma
 from pipeline.config import AugmentConfig, EmaConfig, ModelConfig, OptimConfig, dump_yaml, load_yaml, to_dict
-from pipeline.train import read_result, train_cell, validate_config
+from pipeline.training.classifier import ImageClassifier, TrainableEma
+from pipeline.training.train import read_result, train_cell, validate_config
 from tests.conftest import cell_config, kill_once_checkpointed
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,13 +92,13 @@ def test_recipe_keys_fail_in_one_line(tmp_path: Path) -> None:
         with pytest.raises(UserError, match=match):
             validate_config(cell_config(tmp_path / "c", **sections))
     with pytest.raises(UserError, match="augment.rand_augment"):
-        from datamodules.augment import rand_augment
+        from datamodules.loaders.augment import rand_augment
 
         rand_augment("rand-m9-mstd0.5-incl")
 
 
 def test_ffcv_rejects_what_its_pipeline_cannot_do_in_one_line() -> None:
-    from datamodules.ffcv_loader import FFCVDataModule
+    from datamodules.loaders.ffcv import FFCVDataModule
 
     with pytest.raises(UserError, match="rand_augment is not supported by loader ffcv"):
         FFCVDataModule(shards="/nonexistent", rand_augment="rand-m9-mstd0.5-inc1")
@@ -108,7 +108,7 @@ def test_ffcv_rejects_what_its_pipeline_cannot_do_in_one_line() -> None:
 
 @pytest.mark.usefixtures("fashion_root")
 def test_rand_augment_on_fashion_mnist_changes_training_images_only() -> None:
-    from datamodules.fashion_mnist import FashionMNISTDataModule
+    from datamodules.loaders.memory import FashionMNISTDataModule
 
     dm = FashionMNISTDataModule(max_train_samples=16, max_val_samples=16, rand_augment="rand-m9-mstd0.5-inc1")
     dm.setup()
@@ -186,7 +186,12 @@ def test_folder_and_wds_decoders_apply_rand_augment_and_bicubic() -> None:
     import numpy as np
     from PIL import Image
 
-    from datamodules.augment import AugmentSpec, decode_train, seed_batch_rngs, torchvision_train_transform
+    from datamodules.loaders.augment import (
+        AugmentSpec,
+        decode_train,
+        seed_batch_rngs,
+        torchvision_train_transform,
+    )
 
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8))
@@ -223,7 +228,7 @@ def _image_tree(root: Path, per_class: int = 6) -> Path:
 
 def test_folder_loader_with_workers_resumes_mid_epoch_with_the_same_augmented_images(tmp_path: Path) -> None:
     """RandAugment and crops in loader workers: batches after a mid-epoch resume equal the uninterrupted ones."""
-    from datamodules.image_folder import ImageFolderDataModule
+    from datamodules.loaders.folder import ImageFolderDataModule
 
     root = _image_tree(tmp_path / "tree")
 

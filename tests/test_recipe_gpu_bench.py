@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.gpu_benchmark import BenchCase, bench_gpu, build_module, synthetic_batches, train_steps
+from pipeline.bench.gpu import BenchCase, bench_gpu, build_module, synthetic_batches, train_steps
 
 
 def test_compiled_model_with_frozen_units_does_not_recompile_after_the_first_step(

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from launch.cli import main
 from launch.slurm_executor import JobBook, cancel_sweep, query_jobs
 from launch.sweep import load_sweep, plan_sweep, write_plan
-from pipeline.run_folder import read_attempts, read_result
+from pipeline.results.run_folder import read_attempts, read_result
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.usefixtures("slurm_cluster", "fashion_root"), pytest.mark.slow]
@@ -170,7 +170,7 @@ def test_two_node_ddp_cell_spans_n1_and_n2_with_exact_validation(tmp_path: Path)
     dm = build_datamodule("fashion_mnist", split={"kind": "random_halves", "seed": 0}, half=result["half"],
                           max_train_samples=512, max_val_samples=256)
     dm.setup()
-    from datamodules.fashion_mnist import fashion_batch_transform
+    from datamodules.loaders.memory import fashion_batch_transform
 
     model = timm.create_model("convnext_demo", num_classes=5)
     model.load_state_dict(load_file(str(Path(cell.run_dir) / "weights.safetensors")))
@@ -476,7 +476,7 @@ def test_job_cap_submits_what_fits_and_a_rerun_tops_up(tmp_path: Path, capsys: p
 
 def test_bench_sweep_plans_10000_cells_and_submits_arrays_within_max_array_size(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from launch.bench_sweep import bench_sweep
+    from launch.bench.sweep_submit import bench_sweep
 
     result = bench_sweep(profiles_file=str(write_profiles(tmp_path)), profile="test", seeds=55)
     assert result["cells"] == 10010

@@ -20,7 +20,7 @@ import pytest
 from launch.cli import main
 from launch.slurm_executor import ClusterLimits, JobBook, SlurmExecutor
 from launch.sweep import Cell, SweepPlan, load_sweep, plan_sweep, write_plan
-from pipeline.run_folder import read_result
+from pipeline.results.run_folder import read_result
 from tests.test_slurm import cell_job, job_state, submit, wait_for, write_profiles, write_sweep
 
 FAKE_SBATCH = """#!{python}

@@ -24,7 +24,7 @@ import yaml
 from safetensors.torch import load_file
 
 from launch.sweep import load_sweep, plan_sweep
-from pipeline.run_folder import read_attempts, read_result
+from pipeline.results.run_folder import read_attempts, read_result
 from tests.conftest import REPO
 from tests.test_slurm import (
     all_finished,

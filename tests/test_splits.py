@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from datamodules.errors import UserError
-from datamodules.splits import ClassSplit, imagenet_manmade_indices, make_split
+from datamodules.sources.splits import ClassSplit, imagenet_manmade_indices, make_split
 
 NAMES = [f"c{i}" for i in range(10)]
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from datamodules import build_datamodule
 from datamodules.errors import UserError
-from datamodules.subsets import stratified_indices
+from datamodules.sources.subsets import stratified_indices
 
 LABELS = np.repeat(np.arange(4), [100, 50, 30, 20])  # unbalanced on purpose
 
@@ -87,7 +87,7 @@ def test_mnist_5k_is_a_stratified_4000_1000_split_padded_like_fashion_mnist() ->
     train_y, val_y = dm.train_set.tensors[1].numpy(), dm.val_set.tensors[1].numpy()
     assert len(train_y) == 4000 and len(val_y) == 1000 and dm.num_classes == 10
     assert np.bincount(val_y).tolist() == [100] * 10
-    from datamodules.fashion_mnist import fashion_batch_transform
+    from datamodules.loaders.memory import fashion_batch_transform
 
     x = fashion_batch_transform(dm.train_set.tensors[0][:4], 32, train=True, mean=dm.mean, std=dm.std, flip=dm.flip)
     assert x.shape == (4, 3, 32, 32)

@@ -17,8 +17,8 @@ from launch.cli import main
 from launch.cost import estimate, load_costs
 from launch.sweep import load_manifest, load_sweep, materialize_configs, plan_sweep
 from launch.variants import VARIANTS
-from pipeline.train import read_result
-from pipeline.unit_counts import CATALOG_ARCHS, generate_table, load_table
+from pipeline.models.unit_counts import CATALOG_ARCHS, generate_table, load_table
+from pipeline.training.train import read_result
 
 SWEEP = {
     "name": "mini",
@@ -194,8 +194,8 @@ def test_cost_names_what_the_table_lacks(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_unit_count_table_is_torch_free_and_covers_the_catalog() -> None:
-    """Planning reads unit counts from the checked-in table; `python -m pipeline.unit_counts` regenerates it."""
-    code = ("import sys; from pipeline.unit_counts import unit_count; "
+    """Planning reads unit counts from the checked-in table; `python -m pipeline.models.unit_counts` regenerates it."""
+    code = ("import sys; from pipeline.models.unit_counts import unit_count; "
             "print(unit_count('convnext_base', 'depthwise'), unit_count('resnet152', 'block'), "
             "unit_count('hornet_tiny_7x7', 'both')); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -238,7 +238,7 @@ def test_planning_imports_no_torch(config: str) -> None:
 
 
 def test_unit_count_table_equals_the_layer_plans() -> None:
-    """Every entry of pipeline/unit_counts.json is what the real layer plan of that model counts (meta device)."""
+    """Every entry of pipeline/models/unit_counts.json is what the real layer plan of that model counts (meta device)."""
     table = load_table()
     assert set(CATALOG_ARCHS) <= set(table)
     assert generate_table(tuple(table)) == table

@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 
 from datamodules import build_datamodule
-from datamodules.hub_index import index_hub_shards
-from datamodules.shard_verify import verify_dataset, verify_tar
-from datamodules.tar_reader import read_samples, split_member
+from datamodules.shards.hub_index import index_hub_shards
+from datamodules.shards.tar import read_samples, split_member
+from datamodules.shards.verify import verify_dataset, verify_tar
 
 
 def _jpeg(seed: int) -> bytes:

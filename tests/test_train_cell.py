@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import dump_yaml, to_dict
-from pipeline.train import read_result, train_cell
+from pipeline.training.train import read_result, train_cell
 from tests.conftest import cell_config, kill_once_checkpointed
 
 pytestmark = pytest.mark.usefixtures("fashion_root")
@@ -100,7 +100,7 @@ def test_wandb_offline_run_never_stores_the_api_key(tmp_path: Path, monkeypatch:
 
 # ---- GPU-path defects, tested on CPU (only the GPU itself is mocked) -----------------------------------------
 def test_resume_picks_the_furthest_checkpoint_not_the_newest_file(tmp_path: Path) -> None:
-    from pipeline.train import resume_checkpoint
+    from pipeline.training.train import resume_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
@@ -132,8 +132,8 @@ class _FakeCuda:
 
 
 def test_each_rank_saves_and_restores_its_own_cuda_generator(monkeypatch: pytest.MonkeyPatch) -> None:
-    from datamodules.samplers import ResumePosition
-    from pipeline import resume
+    from datamodules.loaders.samplers import ResumePosition
+    from pipeline.training import resume
 
     gpus = _FakeCuda(count=4, current=2)  # local rank 2 of a 4-GPU node
     gpus.install(monkeypatch)
@@ -156,7 +156,7 @@ def test_each_rank_saves_and_restores_its_own_cuda_generator(monkeypatch: pytest
 
 def test_slurm_defaults_loader_workers_and_turns_the_progress_bar_off(monkeypatch: pytest.MonkeyPatch,
                                                                        tmp_path: Path) -> None:
-    from pipeline.train import resolve_num_workers, under_slurm
+    from pipeline.training.train import resolve_num_workers, under_slurm
 
     folder = cell_config(tmp_path, data={"dataset": "image_folder", "loader": "folder", "root": "/x"})
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
@@ -171,7 +171,7 @@ def test_slurm_defaults_loader_workers_and_turns_the_progress_bar_off(monkeypatc
 
 
 def test_offline_wandb_clean_up_runs_on_rank_zero_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.train import make_loggers
+    from pipeline.training.train import make_loggers
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "cell"

@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.classifier import ImageClassifier
 from pipeline.config import CellConfig, ModelConfig, OptimConfig
-from pipeline.layer_plan import plan_units, unit_param_names
-from pipeline.models import create_model
-from pipeline.train import build_datamodule_for, read_result, train_cell
-from pipeline.transfer import TransferSpec
+from pipeline.models.layer_plan import plan_units, unit_param_names
+from pipeline.models.zoo import create_model
+from pipeline.training.classifier import ImageClassifier
+from pipeline.training.train import build_datamodule_for, read_result, train_cell
+from pipeline.transfer.apply import TransferSpec
 from tests.conftest import cell_config
 
 # Base A trains with another seed than the transfer cells (seed 0): a unit equal to A's was copied, not merely
@@ -146,7 +146,7 @@ def test_shuffle_permutes_a_filters_across_channels(base_a: Path) -> None:
         apply_transfer(model, "convnext_demo", TransferSpec(base=str(base_a), depth=2, init="shuffle", seed=seed))
         return model.state_dict()
 
-    from pipeline.transfer import apply_transfer
+    from pipeline.transfer.apply import apply_transfer
 
     a = weights(base_a)
     first, again, other = shuffled(0), shuffled(0), shuffled(1)

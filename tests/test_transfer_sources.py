@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from datamodules.errors import UserError
-from pipeline.layer_plan import plan_units, unit_param_names
-from pipeline.models import create_model
-from pipeline.transfer import TransferSpec, apply_transfer
+from pipeline.models.layer_plan import plan_units, unit_param_names
+from pipeline.models.zoo import create_model
+from pipeline.transfer.apply import TransferSpec, apply_transfer
 
 
 def saved_timm_model(arch: str, path: Path, seed: int) -> dict[str, torch.Tensor]:

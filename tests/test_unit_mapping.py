@@ -10,10 +10,10 @@ from safetensors.torch import load_file, save_file
 
 from datamodules.errors import UserError
 from launch.cli import main
-from pipeline.models import create_model
-from pipeline.train import read_result, train_cell
-from pipeline.transfer import TransferSpec, apply_transfer
-from pipeline.unit_mapping import MappingPolicy, channel_index, map_kernel, map_tensor, pair_units
+from pipeline.models.zoo import create_model
+from pipeline.training.train import read_result, train_cell
+from pipeline.transfer.apply import TransferSpec, apply_transfer
+from pipeline.transfer.mapping import MappingPolicy, channel_index, map_kernel, map_tensor, pair_units
 from tests.conftest import cell_config
 
 DW1 = "stages.0.blocks.0.conv_dw"  # depthwise unit 1 of convnext_demo (16 channels, 7x7)

@@ -17,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from datamodules.errors import UserError
-from pipeline.layer_plan import plan_units
+from pipeline.models.layer_plan import plan_units
 
 
 @dataclass

@@ -20,7 +20,7 @@ from datamodules.errors import UserError
 from pipeline.config import InitConfig
 from pipeline.filters.bank import read_filter_bank, resolve_bank_path
 from pipeline.filters.dog import family_kernel
-from pipeline.layer_plan import plan_units
+from pipeline.models.layer_plan import plan_units
 
 INIT_KINDS = ("default", "dog", "masterkey", "random_k")
 

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from datamodules.errors import UserError
-from pipeline.layer_plan import is_depthwise
-from pipeline.models import create_model
-from pipeline.weights import WEIGHTS_FILE, load_weights
+from pipeline.models.layer_plan import is_depthwise
+from pipeline.models.weights import WEIGHTS_FILE, load_weights
+from pipeline.models.zoo import create_model
 
 
 @dataclass
@@ -87,7 +87,7 @@ def _from_checkpoint(path: Path, label: str, run_dir: Path | None = None) -> Mod
 def _from_timm(name: str, file: str | None) -> ModelSource:
     import timm
 
-    import pipeline.models  # noqa: F401  (registers the demo variants)
+    import pipeline.models.zoo  # noqa: F401  (registers the demo variants)
 
     arch = name.split(".")[0]
     if not timm.is_model(arch):

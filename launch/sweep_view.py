@@ -1,0 +1,91 @@
+"""What `mkf sweep plan` and `mkf sweep status` print: the plan (one row per cell, or a per-stage summary of a
+large plan) with its cost, and every cell's state with the executors' view. Presentation only: the planner is
+:mod:`launch.sweep`, states come from :mod:`launch.cell_state`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.table import Table
+
+from launch.console import console
+
+
+def plan_table(plan) -> Table:  # type: ignore[no-untyped-def]
+    table = Table(title=f"sweep {plan.name}: {len(plan.cells)} cells -> {plan.output_dir}")
+    for col in ("id", "stage", "arch", "variant", "source->target", "depth", "seed", "depends on"):
+        table.add_column(col, no_wrap=col in ("id", "depends on"), min_width=12 if "id" in col else None,
+                         overflow="fold")
+    for c in plan.cells:
+        table.add_row(c.id, c.stage, c.arch + (f" <- {c.source_arch}" if c.source_arch not in (None, c.arch) else ""),
+                      c.variant + (f" ({c.unit_kind})" if c.unit_kind else ""),
+                      f"{c.source}->{c.target}" if c.stage == "transfer" else str(c.target or ""),
+                      "" if c.depth is None else str(c.depth), str(c.seed), ",".join(c.depends_on))
+    return table
+
+
+PLAN_TABLE_MAX = 60  # larger plans print a per-stage summary instead of one row per cell
+
+
+def plan_summary(plan) -> Table:  # type: ignore[no-untyped-def]
+    counts: Counter[tuple[str, str, str, str]] = Counter(
+        (c.stage, c.arch, c.variant if c.stage == "transfer" else "base", c.unit_kind) for c in plan.cells)
+    table = Table(title=f"sweep {plan.name}: {len(plan.cells):,} cells -> {plan.output_dir}")
+    for col in ("stage", "arch", "variant", "unit kind", "cells"):
+        table.add_column(col, justify="right" if col == "cells" else "left")
+    for (stage, arch, variant, kind), n in sorted(counts.items()):
+        table.add_row(stage, arch, variant, kind, f"{n:,}")
+    return table
+
+
+def print_plan(plan, costs: bool = True) -> None:  # type: ignore[no-untyped-def]
+    console.print(plan_table(plan) if len(plan.cells) <= PLAN_TABLE_MAX else plan_summary(plan))
+    if costs:
+        from launch.cost import estimate
+
+        for line in estimate(plan).lines():
+            console.print(line, markup=False, highlight=False)
+
+
+def print_status(target: str, only: list[str] | None = None, limit: int = 0) -> int:
+    """Every cell's state joined with each executor's view (Slurm's job and state), then counts per stage."""
+    from launch.cell_state import STATES, cell_state
+    from launch.executors import executors_used
+    from launch.sweep import resolve_plan
+    from pipeline.results.run_folder import last_metric, read_attempts
+
+    plan = resolve_plan(target)
+    views = [e.status(plan) for e in executors_used(plan)]
+    table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
+    columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "preempted", "failed", "metric"]
+    columns += [c for v in views for c in v.columns]
+    for col in columns:
+        table.add_column(col, no_wrap=True, min_width=12 if col == "id" else None)
+    counts: dict[str, Counter[str]] = {}
+    shown = 0
+    for c in plan.cells:
+        state = cell_state(plan, c)
+        if state in ("pending", "interrupted") and any(c.id in v.running for v in views):
+            state = "running"
+        counts.setdefault(c.stage, Counter())[state] += 1
+        if only and state not in only:
+            continue
+        shown += 1
+        if shown > limit > 0:
+            continue
+        attempts = read_attempts(c.run_dir)
+        row = [c.id, c.stage, c.arch, c.variant, "" if c.depth is None else str(c.depth), str(c.seed), state,
+               str(attempts["preemptions"]), str(attempts["failures"]), last_metric(c.run_dir)]
+        for v in views:
+            row += v.rows.get(c.id, [""] * len(v.columns))
+        table.add_row(*row)
+    console.print(table)
+    if shown > limit > 0:
+        console.print(f"... {shown - limit} more cells not listed (--limit 0 lists all, --only STATE filters)")
+    for stage, counter in counts.items():
+        console.print(f"{stage:>8}: " + "  ".join(f"{s}: {counter[s]}" for s in STATES)
+                      + f"  total: {sum(counter.values())}")
+    total = sum(counts.values(), Counter())
+    console.print("   total: " + "  ".join(f"{s}: {total[s]}" for s in STATES) + f"  total: {len(plan.cells)}")
+    return 0

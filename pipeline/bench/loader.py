@@ -1,0 +1,198 @@
+"""`mkf bench loader`: images/s of ImageFolder+DataLoader, webdataset and FFCV on the same real-photo JPEGs.
+
+The photo set is derived from the real photographs scikit-image and scikit-learn ship (astronaut, coffee, chelsea,
+the Hubble deep field, China, a flower, ...) by random crops, scales and flips, saved at about 500x375, JPEG
+quality 90 -- ImageNet's typical size -- and cached under ``~/.cache/masterkey-filters/bench-jpegs``.
+
+The *decode limit* is the same files decoded and cropped by the same decoder in a tight loop with the same number
+of processes and no framework: the ceiling a loader can approach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from datamodules.errors import UserError
+from datamodules.loaders.augment import AugmentSpec, decode_train, torchvision_train_transform
+
+CACHE = Path(os.environ.get("MKF_CACHE", Path.home() / ".cache" / "masterkey-filters"))
+
+
+def _source_photos() -> list[tuple[str, np.ndarray]]:
+    try:
+        import skimage.data as sk
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        raise UserError("the benchmark photos come from scikit-image and scikit-learn: "
+                        "pip install scikit-image scikit-learn (both are in the test extra)") from None
+    photos = [(n, getattr(sk, n)()) for n in ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+                                                "immunohistochemistry", "retina", "camera", "coins", "brick")]
+    sample = load_sample_images()
+    photos += [(Path(f).stem, img) for f, img in zip(sample.filenames, sample.images, strict=True)]
+    out = []
+    for name, pixels in photos:
+        pixels = np.asarray(pixels)
+        if pixels.ndim == 2:
+            pixels = np.stack([pixels] * 3, -1)
+        out.append((name, pixels[..., :3].astype(np.uint8)))
+    return out
+
+
+def make_bench_jpegs(folder: Path | None = None, count: int = 2000, seed: int = 0) -> Path:
+    """ImageNet-layout tree (train/<photo>/, val/<photo>/) of ``count`` ~500x375 JPEGs; reused when present."""
+    folder = folder or CACHE / "bench-jpegs"
+    marker = folder / f".complete-{count}-{seed}"
+    if marker.is_file():
+        return folder
+    rng = random.Random(seed)
+    photos = _source_photos()
+    for i in range(count + count // 20):  # count training images, plus 5% for a val folder
+        name, pixels = photos[i % len(photos)]
+        img = Image.fromarray(pixels)
+        w, h = img.size
+        area = rng.uniform(0.3, 1.0) * w * h
+        aspect = rng.uniform(0.75, 1.33)
+        cw, ch = min(w, int((area * aspect) ** 0.5)), min(h, int((area / aspect) ** 0.5))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = img.crop((x, y, x + cw, y + ch))
+        size = (500, 375) if rng.random() < 0.7 else (375, 500)
+        crop = crop.resize((int(size[0] * rng.uniform(0.9, 1.1)), int(size[1] * rng.uniform(0.9, 1.1))),
+                           Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        part = "train" if i < count else "val"
+        target = folder / part / name / f"{name}_{i:05d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        crop.save(target, quality=90)
+    marker.touch()
+    return folder
+
+
+def _timed(batches: Any, limit: int) -> float:
+    """Images/s over one pass, the clock started after the first batch (worker start-up is not throughput)."""
+    it = iter(batches)
+    first = next(it)
+    n, start = 0, time.perf_counter()
+    for batch in it:
+        n += len(batch[1])
+        if n >= limit:
+            break
+    del first
+    return n / (time.perf_counter() - start)
+
+
+def _decode_chunk(args: tuple[list[str], int, str]) -> int:
+    files, size, how = args
+    torch.set_num_threads(1)
+    spec = AugmentSpec(train_resolution=size)
+    transform = torchvision_train_transform(spec)
+    for path in files:
+        data = Path(path).read_bytes()
+        if how == "wds":
+            decode_train(data, spec)
+        else:
+            with Image.open(path) as img:
+                transform(img.convert("RGB"))
+    return len(files)
+
+
+def decode_limit(files: list[str], size: int, workers: int, how: str) -> float:
+    """The same decoder in a tight loop over the files, ``workers`` processes, no loader framework."""
+    chunks = [(files[i::workers], size, how) for i in range(workers)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_decode_chunk, [(c[0][:20], size, how) for c in chunks]))  # warm the processes
+        start = time.perf_counter()
+        n = sum(pool.map(_decode_chunk, chunks))
+    return n / (time.perf_counter() - start)
+
+
+def bench_loader(count: int = 2000, sizes: tuple[int, ...] = (160, 224), workers: int = 2, batch_size: int = 64,
+                 out_json: str | None = None, console: Any = None, folder: Path | None = None) -> dict[str, Any]:
+    """Measure every loader at every size; print a table, optionally write JSON, return the figures."""
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    from datamodules.loaders.wds import ShardStream, index_shards
+    from datamodules.shards.writer import WriteOptions, write_dataset
+
+    torch.set_num_threads(1)
+    root = make_bench_jpegs(folder, count)
+    work = root.parent / f"{root.name}-shards"
+    wds_dir = work / "wds"
+    write_dataset(str(root), wds_dir, WriteOptions(format="wds", shard_size=250), workers=workers, progress=False,
+                  log=lambda *_: None)
+    have_ffcv = True
+    try:
+        import ffcv  # noqa: F401
+
+        ffcv_dir = work / "ffcv"
+        write_dataset(str(root), ffcv_dir, WriteOptions(format="ffcv", compress_probability=1.0, jpeg_quality=90),
+                      workers=workers, progress=False, log=lambda *_: None)
+    except ImportError:
+        have_ffcv = False
+    files = sorted(str(p) for p in (root / "train").glob("*/*.jpg"))
+    n_train = len(files)
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        spec = AugmentSpec(train_resolution=size)
+        folder_ds = ImageFolder(str(root / "train"), transform=torchvision_train_transform(spec))
+        folder_dl = DataLoader(folder_ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+        results = {"imagefolder": _timed(folder_dl, n_train)}
+        index = json.loads((wds_dir / "index.json").read_text())
+        stream = ShardStream(index_shards(wds_dir, index, "all", "train"), train=True, spec=spec,
+                             batch_size=batch_size, label_map={i: i for i in range(len(index["classes"]))},
+                             seed=0, num_workers=workers)
+        results["webdataset"] = _timed(DataLoader(stream, batch_size=None, num_workers=workers), n_train)
+        if have_ffcv:
+            results["ffcv"] = _ffcv_rate(ffcv_dir, size, batch_size, workers, n_train)
+        results["decode_limit_wds"] = decode_limit(files, size, workers, "wds")
+        results["decode_limit_imagefolder"] = decode_limit(files, size, workers, "torchvision")
+        rows.append({"size": size, **{k: round(v, 1) for k, v in results.items()}})
+    report = {"images": n_train, "workers": workers, "batch_size": batch_size, "cpu_count": os.cpu_count(),
+              "rows": rows}
+    for row in rows:
+        row["wds_vs_imagefolder"] = round(row["webdataset"] / row["imagefolder"], 2)
+        row["wds_vs_decode_limit"] = round(row["webdataset"] / row["decode_limit_wds"], 2)
+    if console is not None:
+        _print_table(report, console)
+    if out_json:
+        Path(out_json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _ffcv_rate(path: Path, size: int, batch_size: int, workers: int, limit: int) -> float:
+    from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import RandomHorizontalFlip, ToTensor, ToTorchImage
+
+    loader = Loader(str(path / "all" / "train.beton"), batch_size=batch_size, num_workers=workers,
+                    order=OrderOption.RANDOM, seed=0, drop_last=True,
+                    pipelines={"image": [RandomResizedCropRGBImageDecoder((size, size)), RandomHorizontalFlip(),
+                                         ToTensor(), ToTorchImage()],
+                               "label": [IntDecoder(), ToTensor()]})
+    _timed(loader, limit)  # the first pass compiles FFCV's pipeline with numba
+    return _timed(loader, limit)
+
+
+def _print_table(report: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"loader images/s ({report['images']} JPEGs ~500x375 q90, {report['workers']} workers, "
+                        f"batch {report['batch_size']})")
+    cols = ["size", "imagefolder", "webdataset", "ffcv", "decode_limit_wds", "decode_limit_imagefolder",
+            "wds_vs_imagefolder", "wds_vs_decode_limit"]
+    for col in cols:
+        table.add_column(col.replace("_", " "), justify="right")
+    for row in report["rows"]:
+        table.add_row(*[str(row.get(c, "n/a")) for c in cols])
+    console.print(table)

@@ -1,0 +1,283 @@
+"""A figure per experiment kind, chosen by the sweep's ``kind`` (stored in its manifest).
+
+* ``depth_curve`` (Figures 3 and 4): relative top-1 vs transfer depth n, the mean over seeds with a band
+  (95% CI or std), one panel per (arch, unit kind, source -> target). Variants that copy from the target's own
+  base (BnB) or from nothing (random-frozen) are drawn in every panel of their target; a depthless variant (an
+  init scheme such as ``dog``) is a horizontal line with its band.
+* ``retention`` (Figure 5): how much of base accuracy a model keeps when its units come from the other dataset.
+  **Retention** of an arch = the relative top-1 of ``report.retention_variant`` (default AnB: frozen units from
+  the source) at the deepest depth the sweep transfers (``report.retention_at: deepest``), or averaged over all
+  its depths (``mean``); computed per seed, then mean and band over seeds; one point per ResNet size, a line per
+  source -> target pair.
+* ``matrix`` (cross-domain, cross-architecture): mean relative top-1 in a source x target table per (variant,
+  depth, ...): rows/columns are datasets, or archs when the sweep transfers between archs. Written as
+  ``matrix.csv`` (long form: n, mean, std, CI), ``matrix.md`` (one Markdown table per panel) and a heatmap.
+
+Each kind writes ``figure.png`` and ``figure.pdf``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from datamodules.errors import UserError
+from pipeline.results.tables import t_quantile, write_csv
+
+VARIANT_STYLE = {  # colours/markers follow Yosinski et al.'s figure: source-based dark, target-based light
+    "AnB": ("#c0392b", "o"), "AnB+": ("#e67e22", "^"), "BnB": ("#2c3e50", "s"), "BnB+": ("#5dade2", "v"),
+    "reverse": ("#27ae60", "D"), "random-frozen": ("#7f8c8d", "x"), "shuffled": ("#8e44ad", "P"),
+    "dog": ("#16a085", None), "masterkey": ("#d4ac0d", None), "random_k": ("#a04000", None),
+}
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _band(s: dict[str, Any], band: str) -> tuple[float, float]:
+    if band == "std":
+        return s["mean"] - s["std"], s["mean"] + s["std"]
+    return s["ci95_low"], s["ci95_high"]
+
+
+def _save(fig: Any, root: Path) -> list[Path]:
+    paths = [root / "figure.png", root / "figure.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    _plt().close(fig)
+    return paths
+
+
+# ---- depth curves -------------------------------------------------------------------------------------------
+def depth_panels(summary: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[dict[str, Any]]]:
+    """(arch, unit kind, source, target) -> the summary rows drawn in that panel."""
+    panels: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for s in summary:
+        if s["source_role"] == "source":
+            panels[(s["arch"], s["unit_kind"] or "", s["source"], s["target"])].append(s)
+    if not panels:  # only BnB / controls: one panel per (arch, unit kind, target)
+        for s in summary:
+            if s["unit_kind"]:
+                panels.setdefault((s["arch"], s["unit_kind"], s["target"], s["target"]), [])
+    if not panels:  # only depthless variants (model.init studies): one panel per (arch, target), each a level
+        for s in summary:
+            panels.setdefault((s["arch"], "", s["target"], s["target"]), [])
+    for s in summary:
+        if s["source_role"] == "source":
+            continue
+        for (arch, kind, _src, target), members in panels.items():
+            same_kind = not s["unit_kind"] or s["unit_kind"] == kind
+            if s["arch"] == arch and s["target"] == target and same_kind:
+                members.append(s)
+    return dict(sorted(panels.items()))
+
+
+def plot_depth_curves(summary: list[dict[str, Any]], root: Path, band: str = "ci95", title: str = "") -> list[Path]:
+    plt = _plt()
+    panels = depth_panels(summary)
+    if not panels:
+        raise UserError("no finished transfer cells to draw yet; run the sweep first")
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.5 * rows), squeeze=False, sharey=True)
+    for ax, ((arch, kind, source, target), members) in zip(axes.flat, panels.items(), strict=False):
+        lines: dict[tuple[str, str | None], list[dict[str, Any]]] = defaultdict(list)
+        for s in members:
+            lines[(s["variant"], s["source_arch"] if s["source_arch"] != arch else None)].append(s)
+        for (variant, source_arch), pts in sorted(lines.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            color, marker = VARIANT_STYLE.get(variant, ("gray", "x"))
+            label = variant + (f" (from {source_arch})" if source_arch else "")
+            if pts[0]["depth"] is None:  # a depthless variant: a level with its band
+                lo, hi = _band(pts[0], band)
+                ax.axhline(pts[0]["mean"], color=color, ls=":", lw=1.5, label=label)
+                ax.axhspan(lo, hi, color=color, alpha=0.12)
+                continue
+            pts = sorted(pts, key=lambda s: s["depth"])
+            xs = [s["depth"] for s in pts]
+            lows, highs = zip(*(_band(s, band) for s in pts), strict=True)
+            ax.plot(xs, [s["mean"] for s in pts], color=color, marker=marker, lw=1.5, ms=5, label=label,
+                    ls="--" if source_arch else "-", mfc="white" if source_arch else color)  # cross-arch: dashed
+            ax.fill_between(xs, lows, highs, color=color, alpha=0.2, lw=0)
+        ax.axhline(1.0, color="gray", ls="--", lw=0.8)
+        pair = f"{source}→{target}" if source != target else target
+        ax.set_title(f"{arch} ({kind} units), {pair}" if kind else f"{arch}, {pair}", fontsize=9)
+        ax.set_xlabel("transferred units n")
+        ax.set_ylabel(f"top-1 relative to base {target}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{title}: mean over seeds, band = {'95% CI' if band == 'ci95' else '±1 std'}", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, root)
+
+
+# ---- retention ----------------------------------------------------------------------------------------------
+def retention(rows: list[dict[str, Any]], variant: str = "AnB", at: str = "deepest") -> list[dict[str, Any]]:
+    """Per (arch, unit kind, source -> target): retention per seed, then n, mean, std, 95% CI (see module doc)."""
+
+    per_seed: dict[tuple[Any, ...], dict[int, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["variant"] == variant and r["relative_top1"] is not None and r["depth"] is not None:
+            key = (r["arch"], r["unit_kind"], r["source"], r["target"])
+            per_seed[key][r["seed"]].append((r["depth"], r["relative_top1"]))
+    out = []
+    for (arch, kind, source, target), seeds in per_seed.items():
+        deepest = max(d for pts in seeds.values() for d, _ in pts)
+        values = []
+        for pts in seeds.values():
+            if at == "mean":
+                values.append(statistics.fmean(v for _, v in pts))
+            else:
+                values += [v for d, v in pts if d == deepest]
+        if not values:
+            continue
+        n, mean = len(values), statistics.fmean(values)
+        std = statistics.stdev(values) if n > 1 else 0.0
+        half = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+        out.append({"arch": arch, "unit_kind": kind, "source": source, "target": target, "variant": variant,
+                    "at": at, "depth": deepest if at == "deepest" else None, "n": n, "mean": mean, "std": std,
+                    "ci95_low": mean - half, "ci95_high": mean + half})
+    return out
+
+
+def _arch_order(name: str) -> tuple[str, int]:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (name.rstrip("0123456789"), int(digits) if digits else 0)  # resnet18 < resnet34 < ... < resnet152
+
+
+def plot_retention(rows: list[dict[str, Any]], root: Path, report: dict[str, Any], title: str = "") -> list[Path]:
+
+    band = report.get("band", "ci95")
+    table = retention(rows, report.get("retention_variant", "AnB"), report.get("retention_at", "deepest"))
+    if not table:
+        raise UserError(f"no finished {report.get('retention_variant', 'AnB')} cells to compute retention from yet")
+    columns = ("arch", "unit_kind", "source", "target", "variant", "at", "depth", "n", "mean", "std", "ci95_low",
+               "ci95_high")
+    csv_path = write_csv(table, root / "retention.csv", columns)
+    plt = _plt()
+    archs = sorted({t["arch"] for t in table}, key=_arch_order)
+    fig, ax = plt.subplots(figsize=(1.2 * len(archs) + 3, 3.6))
+    pairs = sorted({(t["source"], t["target"]) for t in table})
+    for i, (source, target) in enumerate(pairs):
+        pts = sorted((t for t in table if (t["source"], t["target"]) == (source, target)),
+                     key=lambda t: archs.index(t["arch"]))
+        xs = [archs.index(t["arch"]) + (i - (len(pairs) - 1) / 2) * 0.08 for t in pts]
+        lows, highs = zip(*(_band(t, band) for t in pts), strict=True)
+        means = [t["mean"] for t in pts]
+        ax.errorbar(xs, means, yerr=[[m - lo for m, lo in zip(means, lows, strict=True)],
+                                     [hi - m for m, hi in zip(means, highs, strict=True)]],
+                    marker="o", capsize=3, lw=1.5, label=f"{source}→{target}")
+    ax.set_xticks(range(len(archs)), archs)
+    ax.axhline(1.0, color="gray", ls="--", lw=0.8)
+    at = report.get("retention_at", "deepest")
+    ax.set_ylabel(f"retention ({report.get('retention_variant', 'AnB')} rel. top-1, {at})")
+    ax.set_title(f"{title}: retention, band = {'95% CI' if band == 'ci95' else '±1 std'} over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return [csv_path, *_save(fig, root)]
+
+
+# ---- source x target matrices -------------------------------------------------------------------------------
+def matrices(summary: list[dict[str, Any]]) -> tuple[str, dict[tuple[Any, ...], dict[tuple[str, str], dict[str, Any]]]]:
+    """('datasets' | 'archs', panel key -> {(row, col): summary row}).
+
+    Archs are the axes when any cell copies from another arch (cross-architecture); datasets otherwise.
+    """
+    by_arch = any(s["source_arch"] and s["source_arch"] != s["arch"] for s in summary)
+    panels: dict[tuple[Any, ...], dict[tuple[str, str], dict[str, Any]]] = defaultdict(dict)
+    for s in summary:
+        if by_arch:
+            key = (s["variant"], s["depth"], s["unit_kind"], f"{s['source']}→{s['target']}")
+            panels[key][(s["source_arch"] or s["arch"], s["arch"])] = s
+        else:
+            key = (s["variant"], s["depth"], s["unit_kind"], s["arch"])
+            panels[key][(s["source"], s["target"])] = s
+    order = sorted(panels, key=lambda k: (str(k[0]), k[1] or 0, str(k[2]), str(k[3])))
+    return ("archs" if by_arch else "datasets"), {k: panels[k] for k in order}
+
+
+def _panel_title(axes: str, key: tuple[Any, ...]) -> str:
+    variant, depth, kind, other = key
+    return f"{variant}" + ("" if depth is None else f" n={depth}") + (f" {kind}" if kind else "") + f", {other}"
+
+
+def plot_matrix(summary: list[dict[str, Any]], root: Path, title: str = "") -> list[Path]:
+
+    axes_kind, panels = matrices(summary)
+    long = []
+    md = [f"# {title}: relative top-1 (mean ± std over seeds; rows = source {axes_kind[:-1]}, "
+          f"columns = target {axes_kind[:-1]})", ""]
+    for key, cells in panels.items():
+        rows = sorted({r for r, _ in cells})
+        cols = sorted({c for _, c in cells})
+        md += [f"## {_panel_title(axes_kind, key)}", "", "| source \\ target | " + " | ".join(cols) + " |",
+               "|---" * (len(cols) + 1) + "|"]
+        for r in rows:
+            md.append(f"| {r} | " + " | ".join(
+                f"{cells[(r, c)]['mean']:.3f} ± {cells[(r, c)]['std']:.3f} (n={cells[(r, c)]['n']})"
+                if (r, c) in cells else "" for c in cols) + " |")
+        md.append("")
+        for (r, c), s in cells.items():
+            long.append({"panel": _panel_title(axes_kind, key), "variant": key[0], "depth": key[1],
+                         "row": r, "col": c, "n": s["n"], "mean": s["mean"], "std": s["std"],
+                         "ci95_low": s["ci95_low"], "ci95_high": s["ci95_high"]})
+    columns = ("panel", "variant", "depth", "row", "col", "n", "mean", "std", "ci95_low", "ci95_high")
+    csv_path = write_csv(long, root / "matrix.csv", columns)
+    md_path = root / "matrix.md"
+    md_path.write_text("\n".join(md) + "\n")
+    plt = _plt()
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1, 4.4 * nrows), squeeze=False,
+                             layout="constrained")
+    means = [s["mean"] for cells in panels.values() for s in cells.values()]
+    vmin, vmax = min(means), max(max(means), 1.0)
+    image = None
+    for ax, (key, cells) in zip(axes.flat, panels.items(), strict=False):
+        rows = sorted({r for r, _ in cells})
+        cols = sorted({c for _, c in cells})
+        grid = [[cells[(r, c)]["mean"] if (r, c) in cells else float("nan") for c in cols] for r in rows]
+        image = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                if not math.isnan(value):
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if value < (vmin + vmax) / 2 else "black")
+        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xlabel(f"target {axes_kind[:-1]}", fontsize=8)
+        ax.set_ylabel(f"source {axes_kind[:-1]}", fontsize=8)
+        ax.set_title(_panel_title(axes_kind, key), fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label="relative top-1 (mean over seeds)")
+    fig.suptitle(f"{title}: source × target", fontsize=10)
+    return [csv_path, md_path, *_save(fig, root)]
+
+
+KINDS = ("depth_curve", "retention", "matrix")
+
+
+def render(kind: str, rows: list[dict[str, Any]], summary: list[dict[str, Any]], root: Path,
+           report: dict[str, Any], title: str = "") -> list[Path]:
+    """The figure (and tables) of ``kind``; returns the files written, the PNG figure among them."""
+    if kind == "depth_curve":
+        return plot_depth_curves(summary, root, report.get("band", "ci95"), title)
+    if kind == "retention":
+        return plot_retention(rows, root, report, title)
+    if kind == "matrix":
+        return plot_matrix(summary, root, title)
+    raise UserError(f"unknown report kind {kind!r}; use one of {', '.join(KINDS)}")

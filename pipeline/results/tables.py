@@ -1,0 +1,115 @@
+"""Results: every cell's result.json -> ``results.csv`` (one row per cell) and ``summary.csv`` (mean, std, 95% CI).
+
+Relative top-1 = a cell's top-1 / the top-1 of its *reference*: the base cell of the same arch and seed trained on
+the cell's target dataset (its id is in the cell's labels, written by the sweep planner). 1.0 means "transferring
+these units cost nothing". The summary aggregates over seeds per (arch, source arch, unit kind, source -> target,
+variant, depth): n, mean, sample std and a Student-t 95% confidence interval of the mean.
+
+The figures per experiment kind live in :mod:`pipeline.results.figures`; :mod:`pipeline.results.report`
+puts tables and figures together.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from datamodules.errors import UserError
+
+COLUMNS = ("cell_id", "stage", "arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant",
+           "depth", "seed", "top1", "top5", "reference_id", "reference_top1", "relative_top1", "trainable_params",
+           "frozen_params", "steps", "wall_time_s")
+GROUP = ("arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant", "depth")
+SUMMARY_COLUMNS = (*GROUP, "n", "mean", "std", "ci95_low", "ci95_high")
+MANIFEST = "manifest.json"  # written by launch.sweep (read here as plain JSON: pipeline never imports launch)
+
+
+def read_manifest(sweep_dir: Path) -> dict[str, Any]:
+    path = sweep_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise UserError(f"{path} is not valid JSON; re-plan the sweep (`mkf sweep plan`)") from None
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per finished cell under ``sweep_dir/cells``, with relative top-1 filled in where the reference ran."""
+    root = Path(sweep_dir)
+    cells = root / "cells"
+    if not cells.is_dir():
+        raise UserError(f"{root} has no cells/ folder; pass a sweep output directory (e.g. results/demo)")
+    rows = []
+    for path in sorted(cells.glob("*/result.json")):
+        try:
+            result = json.loads(path.read_text())
+        except ValueError:
+            continue  # a result being written right now; the next report picks it up
+        if result.get("status") != "finished":
+            continue
+        labels = result.get("labels") or {}
+        rows.append({
+            "cell_id": labels.get("cell_id", path.parent.name), "stage": labels.get("stage", "base"),
+            "arch": result["arch"], "source_arch": labels.get("source_arch"), "unit_kind": labels.get("unit_kind"),
+            "source": labels.get("source"), "target": labels.get("target"), "source_role": labels.get("source_role"),
+            "variant": labels.get("variant"), "depth": labels.get("depth"), "seed": result.get("seed"),
+            "top1": result.get("top1"), "top5": result.get("top5"), "reference_id": labels.get("reference"),
+            "trainable_params": result.get("trainable_params"), "frozen_params": result.get("frozen_params"),
+            "steps": result.get("steps"), "wall_time_s": result.get("wall_time_s"),
+        })
+    return add_relative(rows)
+
+
+def add_relative(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fill reference_top1 / relative_top1 from the rows' own base cells; sort for reading."""
+    top1 = {r["cell_id"]: r["top1"] for r in rows}
+    base_b = {(r["arch"], r["seed"]): r["cell_id"] for r in rows if r["variant"] == "base-B"}
+    for r in rows:
+        if not r.get("reference_id") and r["stage"] == "transfer":  # results of sweeps planned before references
+            r["reference_id"] = base_b.get((r["arch"], r["seed"]))
+        ref = top1.get(r.get("reference_id")) if r.get("reference_id") else None
+        r["reference_top1"] = ref
+        r["relative_top1"] = (r["top1"] / ref) if ref and r["top1"] is not None else None
+    rows.sort(key=lambda r: (r["arch"], r["stage"] != "base", str(r.get("source")), str(r.get("target")),
+                             r["variant"] or "", r["depth"] or 0, r["seed"] or 0))
+    return rows
+
+
+def t_quantile(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (scipy)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, std and 95% CI of relative top-1 over seeds, per (arch, source arch, unit kind, pair, variant, depth)."""
+    groups: dict[tuple[Any, ...], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["stage"] == "transfer" and r["relative_top1"] is not None:
+            groups[tuple(r.get(k) for k in GROUP)].append(r["relative_top1"])
+    out = []
+    for key, values in groups.items():
+        n = len(values)
+        mean = statistics.fmean(values)
+        std = statistics.stdev(values) if n > 1 else 0.0
+        half = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else 0.0
+        out.append({**dict(zip(GROUP, key, strict=True)), "n": n, "mean": mean, "std": std,
+                    "ci95_low": mean - half, "ci95_high": mean + half})
+    out.sort(key=lambda s: tuple(str(s[k]) if k != "depth" else (s[k] or 0) for k in GROUP))
+    return out
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: tuple[str, ...] = COLUMNS) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: r.get(k) for k in columns} for r in rows)
+    return path
