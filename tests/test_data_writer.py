@@ -76,13 +76,13 @@ def test_flat_val_with_label_file(tmp_path: Path) -> None:
         write_dataset(str(tmp_path / "src"), tmp_path / "out2", WriteOptions(), progress=False)
 
 
-def _boom_on_third(recipe, plan, out, opts):  # type: ignore[no-untyped-def]
+def _boom_on_third(layout, plan, out, opts):  # type: ignore[no-untyped-def]
     from datamodules.shards import writer as shard_writer
 
     if plan.name.endswith("train-000002.tar"):
         (out / plan.name).with_name(".train-000002.tar.tmp-999").write_bytes(b"half a shard")
         raise RuntimeError("killed")
-    return shard_writer._original_write(recipe, plan, out, opts)  # type: ignore[attr-defined]
+    return shard_writer._original_write(layout, plan, out, opts)  # type: ignore[attr-defined]
 
 
 def test_interrupted_write_completes_on_rerun_without_duplicates(tmp_path: Path, monkeypatch) -> None:

@@ -102,7 +102,7 @@ def index_hub_shards(train: list[str], val: list[str], out: str | Path, classes:
         "total_samples": entry["train"]["samples"] + entry["val"]["samples"],
         "skipped_source_images": [],
         "skipped_count": entry["train"]["skipped"] + entry["val"]["skipped"],
-        "source": {"recipe": "hub_shards", "root": None, "fingerprint": fingerprint},
+        "source": {"layout": "hub_shards", "root": None, "fingerprint": fingerprint},
         "options": {"format": "wds"},
         "plan_fingerprint": fingerprint,
     }

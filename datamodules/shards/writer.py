@@ -1,4 +1,4 @@
-"""`mkf data write`: turn a recipe's samples into split-specific webdataset shards or FFCV .beton files.
+"""`mkf data write`: turn a layout's samples into split-specific webdataset shards or FFCV .beton files.
 
 Layout of ``OUT``::
 
@@ -34,7 +34,7 @@ from typing import Any
 from PIL import Image
 
 from datamodules.errors import UserError
-from datamodules.sources.layouts import Item, Listing, Recipe, resolve_source
+from datamodules.sources.layouts import Item, Listing, Layout, resolve_source
 from datamodules.sources.splits import make_split
 
 INDEX_FILE = "index.json"
@@ -86,12 +86,12 @@ def prepare_image(data: bytes, ext: str, opts: WriteOptions) -> tuple[bytes, str
         return buffer.getvalue(), "jpg"
 
 
-def _read_checked(recipe: Recipe, part: str, item: Item, opts: WriteOptions) -> tuple[bytes, str]:
-    data, ext = recipe.read(part, item.ref)
+def _read_checked(layout: Layout, part: str, item: Item, opts: WriteOptions) -> tuple[bytes, str]:
+    data, ext = layout.read(part, item.ref)
     return prepare_image(data, ext, opts)
 
 
-def write_wds_shard(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptions) -> dict[str, Any]:
+def write_wds_shard(layout: Layout, plan: ShardPlan, out: Path, opts: WriteOptions) -> dict[str, Any]:
     """Write one tar shard atomically; return its record (samples, per-class counts, skipped keys)."""
     import webdataset as wds
 
@@ -104,7 +104,7 @@ def write_wds_shard(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptio
     with wds.TarWriter(str(tmp), encoder=False, mtime=int(time.time())) as sink:
         for item in plan.items:
             try:
-                data, ext = _read_checked(recipe, plan.part, item, opts)
+                data, ext = _read_checked(layout, plan.part, item, opts)
             except Exception as exc:  # noqa: BLE001 -- any undecodable source image is skipped and counted
                 skipped.append(f"{item.key}: {type(exc).__name__}: {exc}")
                 continue
@@ -121,8 +121,8 @@ def write_wds_shard(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptio
 class _FFCVSource:
     """An indexable view of a plan for FFCV's DatasetWriter: (HxWx3 uint8 pixels, label)."""
 
-    def __init__(self, recipe: Recipe, part: str, items: list[Item], opts: WriteOptions) -> None:
-        self.recipe, self.part, self.items, self.opts = recipe, part, items, opts
+    def __init__(self, layout: Layout, part: str, items: list[Item], opts: WriteOptions) -> None:
+        self.layout, self.part, self.items, self.opts = layout, part, items, opts
 
     def __len__(self) -> int:
         return len(self.items)
@@ -131,20 +131,20 @@ class _FFCVSource:
         import numpy as np
 
         item = self.items[i]
-        data, _ = self.recipe.read(self.part, item.ref)
+        data, _ = self.layout.read(self.part, item.ref)
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB")), item.label
 
 
-def _check_item(recipe: Recipe, part: str, item: Item, opts: WriteOptions) -> str | None:
+def _check_item(layout: Layout, part: str, item: Item, opts: WriteOptions) -> str | None:
     try:
-        _read_checked(recipe, part, item, opts)
+        _read_checked(layout, part, item, opts)
     except Exception as exc:  # noqa: BLE001
         return f"{item.key}: {type(exc).__name__}: {exc}"
     return None
 
 
-def write_ffcv_file(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptions, workers: int) -> dict[str, Any]:
+def write_ffcv_file(layout: Layout, plan: ShardPlan, out: Path, opts: WriteOptions, workers: int) -> dict[str, Any]:
     """One .beton per (set, part): bad images are filtered first, because FFCV's writer cannot skip."""
     try:
         from ffcv.fields import IntField, RGBImageField
@@ -155,7 +155,7 @@ def write_ffcv_file(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptio
     good: list[Item] = []
     skipped: list[str] = []
     for item in plan.items:
-        problem = _check_item(recipe, plan.part, item, opts)
+        problem = _check_item(layout, plan.part, item, opts)
         if problem:
             skipped.append(problem)
         else:
@@ -168,7 +168,7 @@ def write_ffcv_file(recipe: Recipe, plan: ShardPlan, out: Path, opts: WriteOptio
         "label": IntField(),
     }
     DatasetWriter(str(tmp), fields, num_workers=max(1, workers)).from_indexed_dataset(
-        _FFCVSource(recipe, plan.part, good, opts))
+        _FFCVSource(layout, plan.part, good, opts))
     os.replace(tmp, target)
     per_class = Counter(item.label for item in good)
     return {"name": plan.name, "samples": len(good), "bytes": target.stat().st_size,
@@ -254,12 +254,12 @@ def write_dataset(
             raise UserError("--format ffcv needs FFCV: pip install '.[ffcv]' (system libs: pkg-config "
                             "libopencv-dev libturbojpeg0-dev)") from None
     out = Path(out)
-    recipe = resolve_source(source, val_labels=val_labels)
-    listing = recipe.listing()
+    layout = resolve_source(source, val_labels=val_labels)
+    listing = layout.listing()
     class_split = make_split(parse_split(split), listing.classes)
     sets = {"all": tuple(listing.classes)} if class_split.kind == "none" else {"A": class_split.a, "B": class_split.b}
     plans = plan_shards(listing, sets, opts)
-    source_fp = recipe.fingerprint(listing)
+    source_fp = layout.fingerprint(listing)
     fingerprint = _plan_fingerprint(plans, opts, source_fp)
 
     index_path = out / INDEX_FILE
@@ -289,16 +289,16 @@ def write_dataset(
     with _Progress(progress, total, f"writing {opts.format} to {out}") as bar:
         if opts.format == "ffcv":
             for plan in todo:
-                _save_record(out, write_ffcv_file(recipe, plan, out, opts, workers))
+                _save_record(out, write_ffcv_file(layout, plan, out, opts, workers))
                 bar.advance(len(plan.items))
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(write_wds_shard, recipe, plan, out, opts): plan for plan in todo}
+                futures = {pool.submit(write_wds_shard, layout, plan, out, opts): plan for plan in todo}
                 for future in as_completed(futures):
                     _save_record(out, future.result())
                     bar.advance(len(futures[future].items))
     records = _load_records(out, plans)
-    index = _build_index(out, plans, records, listing, class_split.to_json(), sets, opts, recipe, source_fp,
+    index = _build_index(out, plans, records, listing, class_split.to_json(), sets, opts, layout, source_fp,
                          fingerprint)
     for name in sorted({s for r in records.values() for s in r["skipped"]})[:20]:
         warnings.warn(f"skipped unreadable source image {name}", stacklevel=2)
@@ -338,7 +338,7 @@ def _load_records(out: Path, plans: list[ShardPlan]) -> dict[str, dict[str, Any]
 
 def _build_index(out: Path, plans: list[ShardPlan], records: dict[str, dict[str, Any]], listing: Listing,
                  split_json: dict[str, Any], sets: dict[str, tuple[str, ...]], opts: WriteOptions,
-                 recipe: Recipe, source_fp: str, fingerprint: str) -> dict[str, Any]:
+                 layout: Layout, source_fp: str, fingerprint: str) -> dict[str, Any]:
     index_sets: dict[str, Any] = {}
     for set_name, classes in sets.items():
         index_sets[set_name] = {"classes": list(classes)}
@@ -368,7 +368,7 @@ def _build_index(out: Path, plans: list[ShardPlan], records: dict[str, dict[str,
         "total_samples": sum(r["samples"] for r in records.values()),
         "skipped_source_images": skipped[:100],
         "skipped_count": len(skipped),
-        "source": {"recipe": recipe.name, "root": str(recipe.root) if recipe.root else None,
+        "source": {"layout": layout.name, "root": str(layout.root) if layout.root else None,
                    "fingerprint": source_fp},
         "options": asdict(opts),
         "plan_fingerprint": fingerprint,

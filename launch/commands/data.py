@@ -75,9 +75,9 @@ def add_parsers(sub: argparse._SubParsersAction, bench: argparse._SubParsersActi
         description="Write SRC into OUT: split-specific, shuffled shards and an index.json. Parallel, with "
                     "progress; rerunning an interrupted write finishes it (no duplicates, nothing missing).",
         epilog="SRC: an ImageNet-layout folder (train/<wnid>/, val/<wnid>/ or flat val/ + --val-labels), or "
-               "RECIPE[:ROOT] with RECIPE one of imagenet_folder, class_folders, food101, oxford_pets, flowers102, "
+               "LAYOUT[:ROOT] with LAYOUT one of imagenet_folder, class_folders, food101, oxford_pets, flowers102, "
                "cifar10, cifar100, fashion_mnist, mnist_5k, sklearn_digits")
-    s.add_argument("--source", required=True, help="folder or RECIPE[:ROOT] (see below)")
+    s.add_argument("--source", required=True, help="folder or LAYOUT[:ROOT] (see below)")
     s.add_argument("--format", default="wds", choices=["wds", "ffcv"], help="output format (default wds)")
     s.add_argument("--out", required=True, help="output folder (new, empty, or an unfinished write to resume)")
     s.add_argument("--split", default="none",

@@ -1,4 +1,4 @@
-"""Food-101, Oxford-IIIT Pets and Flowers-102 recipes on tiny trees in each dataset's own layout, via the CLI."""
+"""Food-101, Oxford-IIIT Pets and Flowers-102 layouts on tiny trees in each dataset's own layout, via the CLI."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _check(index: dict, classes: list[str], train: dict[str, int], val: dict[str
     assert index["total_samples"] == sum(train.values()) + sum(val.values())
 
 
-def test_food101_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_food101_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--source food101:ROOT` on the extracted archive: classes from images/, train/val from meta/*.txt."""
     root = tmp_path / "food-101"
     counts = {"apple_pie": (3, 1), "baby_back_ribs": (2, 2), "ramen": (1, 1)}
@@ -58,7 +58,7 @@ def test_food101_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     _check(index, list(counts), {c: n for c, (n, _) in counts.items()}, {c: n for c, (_, n) in counts.items()})
 
 
-def test_oxford_pets_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_oxford_pets_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--source oxford_pets:ROOT`: class names from file stems (breed_123), ids from annotations/*.txt."""
     root = tmp_path / "oxford-iiit-pet"
     breeds = {"Abyssinian": (2, 1), "american_bulldog": (1, 2), "Bengal": (3, 1)}  # class ids 1, 2, 3
@@ -78,7 +78,7 @@ def test_oxford_pets_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     _check(index, list(breeds), {b: n for b, (n, _) in breeds.items()}, {b: n for b, (_, n) in breeds.items()})
 
 
-def test_flowers102_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flowers102_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--source flowers102:ROOT`: labels from imagelabels.mat; train = trnid + valid, val = tstid (setid.mat)."""
     from scipy.io import savemat
 
