@@ -34,7 +34,7 @@ from typing import Any
 from PIL import Image
 
 from datamodules.errors import UserError
-from datamodules.sources.layouts import Item, Listing, Layout, resolve_source
+from datamodules.sources.layouts import Item, Layout, Listing, resolve_source
 from datamodules.sources.splits import make_split
 
 INDEX_FILE = "index.json"
