@@ -46,7 +46,7 @@ def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: s
     partial report logged again while the sweep runs adds a step to the same run id (the curve fills in).
     """
     from pipeline.config import load_cell_config
-    from pipeline.training.train import wandb_mode
+    from pipeline.training.loggers import wandb_mode
 
     configs = sorted(sweep_dir.glob("cells/*/config.yaml"))
     if not configs:

@@ -171,7 +171,7 @@ def test_slurm_defaults_loader_workers_and_turns_the_progress_bar_off(monkeypatc
 
 
 def test_offline_wandb_clean_up_runs_on_rank_zero_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.training.train import make_loggers
+    from pipeline.training.loggers import make_loggers
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     run = tmp_path / "cell"
