@@ -1,5 +1,8 @@
 """The Slurm executor: a sweep becomes job arrays, one per (stage, profile, base tasks waited for).
 
+One executor, one file (submitit's shape): ~430 lines of submission, dependency grouping, cluster limits and
+Slurm's view, read together when a sweep misbehaves on a cluster.
+
 Array task i of an array trains the cell on line i+1 of the array's cell list, so one ``sbatch`` call covers
 hundreds of cells. Which job runs which cell is recorded in ``OUTPUT/slurm/jobs.json``; together with Slurm's
 own view (``scontrol show job``) it lets a re-run submit only the cells that are missing or failed.

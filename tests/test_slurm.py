@@ -1,5 +1,8 @@
 """The cluster path on a real Slurm (slurm/testcluster: slurmctld + slurmd n1, n2 on 127.0.0.1).
 
+Long (~490 lines) because every scenario shares one real cluster and the helpers that drive it; the newer
+cluster tests (dependencies, preemption with workers) live in their own files and import these helpers.
+
 Skipped without root or Debian's slurm-wlm/munge; in CI (MKF_REQUIRE_ALL_TESTS=1) a skip is a failure.
 """
 

@@ -1,5 +1,8 @@
 """`mkf data write`: turn a layout's samples into split-specific webdataset shards or FFCV .beton files.
 
+One file of ~410 lines on purpose: the write plan, both writers, the resumable progress records and the index
+format they all produce change together; split apart, a reader of one would have to hold the others in mind.
+
 Layout of ``OUT``::
 
     index.json                       written last: its presence means the write is complete

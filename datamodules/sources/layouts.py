@@ -1,5 +1,8 @@
 """Dataset layouts: how each source dataset lists its samples (key, class, where the bytes are).
 
+One file of ~440 lines on purpose: one small class per dataset and the registry that names them (timm's
+one-file-per-family shape); each class is read on its own.
+
 A layout turns a dataset's own on-disk layout into one :class:`Listing` -- class names, and ``train``/``val``
 samples -- so the shard writers never learn about Food-101's meta files or CIFAR's pickles. ``--source`` names one
 as ``LAYOUT:ROOT`` (``food101:/data/food-101``) or is a plain folder, read as an ImageNet-layout tree.

@@ -1,4 +1,4 @@
-"""HorNet, written as a timm model file.
+"""HorNet, written as a timm model file (one file per architecture, as timm does: ~470 lines).
 
 Paper: `HorNet: Efficient High-Order Spatial Interactions with Recursive Gated Convolutions`
 (Rao et al., NeurIPS 2022) - https://arxiv.org/abs/2207.14284
