@@ -4,6 +4,11 @@ The photo set is derived from the real photographs scikit-image and scikit-learn
 the Hubble deep field, China, a flower, ...) by random crops, scales and flips, saved at about 500x375, JPEG
 quality 90 -- ImageNet's typical size -- and cached under ``~/.cache/masterkey-filters/bench-jpegs``.
 
+``webdataset`` is the project's wds loader with its exact epoch plan (every sample once per epoch, see
+:mod:`datamodules.webdataset_loader`); ``wids`` is webdataset's own indexed reader (``ShardListDataset`` +
+``DistributedChunkedSampler``, also exact) on the same shards with the same decoder, measured when the ``wids``
+package is installed (``pip install wids``; not a project dependency) and ``n/a`` otherwise.
+
 The *decode limit* is the same files decoded and cropped by the same decoder in a tight loop with the same number
 of processes and no framework: the ceiling a loader can approach.
 """
@@ -128,7 +133,7 @@ def bench_loader(count: int = 2000, sizes: tuple[int, ...] = (160, 224), workers
     torch.set_num_threads(1)
     root = make_bench_jpegs(folder, count)
     work = root.parent / f"{root.name}-shards"
-    wds_dir = work / "wds"
+    wds_dir = work / "wds-labels"  # an index with per-sample labels (the exact plan's input; older caches lack it)
     write_dataset(str(root), wds_dir, WriteOptions(format="wds", shard_size=250), workers=workers, progress=False,
                   log=lambda *_: None)
     have_ffcv = True
@@ -153,6 +158,9 @@ def bench_loader(count: int = 2000, sizes: tuple[int, ...] = (160, 224), workers
                              batch_size=batch_size, label_map={i: i for i in range(len(index["classes"]))},
                              seed=0, num_workers=workers)
         results["webdataset"] = _timed(DataLoader(stream, batch_size=None, num_workers=workers), n_train)
+        wids_rate = _wids_rate(wds_dir, index, spec, batch_size, workers, n_train)
+        if wids_rate is not None:
+            results["wids"] = wids_rate
         if have_ffcv:
             results["ffcv"] = _ffcv_rate(ffcv_dir, size, batch_size, workers, n_train)
         results["decode_limit_wds"] = decode_limit(files, size, workers, "wds")
@@ -163,11 +171,56 @@ def bench_loader(count: int = 2000, sizes: tuple[int, ...] = (160, 224), workers
     for row in rows:
         row["wds_vs_imagefolder"] = round(row["webdataset"] / row["imagefolder"], 2)
         row["wds_vs_decode_limit"] = round(row["webdataset"] / row["decode_limit_wds"], 2)
+        if "wids" in row:
+            row["wds_vs_wids"] = round(row["webdataset"] / row["wids"], 2)
     if console is not None:
         _print_table(report, console)
     if out_json:
         Path(out_json).write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+class _WidsDecode:
+    """wids sample (``.jpg``/``.cls`` streams) -> (uint8 CHW crop, label), with the wds loader's decoder."""
+
+    def __init__(self, spec: AugmentSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        image, label = sample[".jpg"], sample[".cls"]
+        image = image.getvalue() if hasattr(image, "getvalue") else image
+        label = label.getvalue() if hasattr(label, "getvalue") else label
+        return decode_train(image, self.spec), int(label)
+
+
+def _wids_collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    from datamodules.webdataset_loader import _stack
+
+    return _stack([img for img, _ in items]), torch.tensor([label for _, label in items])
+
+
+def _wids_rate(wds_dir: Path, index: dict[str, Any], spec: AugmentSpec, batch_size: int, workers: int,
+               limit: int) -> float | None:
+    """webdataset's indexed reader on the same shards and decoder; None when ``wids`` is not installed."""
+    try:
+        import wids
+    except ImportError:
+        return None
+    import contextlib
+    import io
+    import warnings
+
+    from torch.utils.data import DataLoader
+
+    shards = [{"url": str(wds_dir / f["name"]), "nsamples": f["samples"]}
+              for f in index["sets"]["all"]["train"]["files"]]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+            warnings.catch_warnings():  # wids prints a line per dataset
+        warnings.simplefilter("ignore")
+        dataset = wids.ShardListDataset(shards, transformations=[_WidsDecode(spec)])
+        sampler = wids.DistributedChunkedSampler(dataset, num_replicas=1, rank=0, chunksize=1000, seed=0)
+    return _timed(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                             collate_fn=_wids_collate, drop_last=True), limit)
 
 
 def _ffcv_rate(path: Path, size: int, batch_size: int, workers: int, limit: int) -> float:
@@ -189,8 +242,8 @@ def _print_table(report: dict[str, Any], console: Any) -> None:
 
     table = Table(title=f"loader images/s ({report['images']} JPEGs ~500x375 q90, {report['workers']} workers, "
                         f"batch {report['batch_size']})")
-    cols = ["size", "imagefolder", "webdataset", "ffcv", "decode_limit_wds", "decode_limit_imagefolder",
-            "wds_vs_imagefolder", "wds_vs_decode_limit"]
+    cols = ["size", "imagefolder", "webdataset", "wids", "ffcv", "decode_limit_wds", "decode_limit_imagefolder",
+            "wds_vs_imagefolder", "wds_vs_decode_limit", "wds_vs_wids"]
     for col in cols:
         table.add_column(col.replace("_", " "), justify="right")
     for row in report["rows"]:
