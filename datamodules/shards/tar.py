@@ -1,6 +1,6 @@
 """The one tar reader: shard URL -> samples ``{__key__, __url__, ext: bytes}``, with webdataset's key rules.
 
-Training (``webdataset_loader``), ``mkf data verify`` and ``mkf data index`` (Hub shards) all group tar members
+Training (``datamodules.loaders.wds``), ``mkf data verify`` and ``mkf data index`` (Hub shards) all group tar members
 into samples here, so a shard that verifies is read exactly the same way by training. Rules (webdataset's):
 a member ``dir/name.ext1.ext2`` belongs to sample ``dir/name`` under extension ``ext1.ext2`` (lower-cased);
 consecutive members with the same key form one sample; names without a dot and names starting with ``__`` are

@@ -352,7 +352,7 @@ def _build_index(out: Path, plans: list[ShardPlan], records: dict[str, dict[str,
                 for label, n in r["per_class"].items():
                     per_class[listing.classes[int(label)]] += n
             index_sets[set_name][part] = {
-                # wds: "labels" = each sample's label in tar order (space-separated; see webdataset_loader)
+                # wds: "labels" = each sample's label in tar order (space-separated; see datamodules.loaders.wds)
                 "files": [{"name": r["name"], "samples": r["samples"], "bytes": r["bytes"],
                            **({"labels": r["labels"]} if "labels" in r else {})} for r in files],
                 "samples": sum(r["samples"] for r in files),

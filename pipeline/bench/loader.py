@@ -5,7 +5,7 @@ the Hubble deep field, China, a flower, ...) by random crops, scales and flips, 
 quality 90 -- ImageNet's typical size -- and cached under ``~/.cache/masterkey-filters/bench-jpegs``.
 
 ``webdataset`` is the project's wds loader with its exact epoch plan (every sample once per epoch, see
-:mod:`datamodules.webdataset_loader`); ``wids`` is webdataset's own indexed reader (``ShardListDataset`` +
+:mod:`datamodules.loaders.wds`); ``wids`` is webdataset's own indexed reader (``ShardListDataset`` +
 ``DistributedChunkedSampler``, also exact) on the same shards with the same decoder, measured when the ``wids``
 package is installed (``pip install wids``; not a project dependency) and ``n/a`` otherwise.
 
@@ -194,7 +194,7 @@ class _WidsDecode:
 
 
 def _wids_collate(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    from datamodules.webdataset_loader import _stack
+    from datamodules.loaders.wds import _stack
 
     return _stack([img for img, _ in items]), torch.tensor([label for _, label in items])
 
