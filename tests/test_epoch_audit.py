@@ -1,5 +1,7 @@
 """Sample-identity audits of the epoch contract for the in-memory, folder and FFCV loaders.
 
+Long (~490 lines) because it is one grid over three loaders that share its id-carrying fixtures.
+
 Every sample carries a recoverable id (in-memory: two pixels; folder and FFCV: one class per sample, so the
 label is the id), and each test checks ids, not class counts: a training epoch is a permutation of the kept set
 (no id twice, at most ``world * batch - 1`` dropped, every rank the same number of steps), the order changes with

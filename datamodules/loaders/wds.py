@@ -1,5 +1,8 @@
 """Streaming tar shards, with an exact epoch: every training sample once per epoch, any ranks x workers x shards.
 
+Long (~620 lines, a fifth of it this docstring) on purpose: the epoch plan, the stream that executes it and the
+datamodule that sizes it are one contract; a change to one is checked against the others in the same file.
+
 **The contract.** One training epoch is a permutation of the cell's training set (its split's half, its subset):
 every sample exactly once, at most ``world * batch - 1`` of them dropped so that every rank runs the same number of
 full batches (a rank that ran dry would hang the others in an all-reduce). The order differs per epoch and per
