@@ -33,8 +33,9 @@ import torch.multiprocessing as mp
 from PIL import Image
 from test_data_ddp import _free_port
 
-from datamodules import build_datamodule, samplers
+from datamodules import build_datamodule
 from datamodules.errors import UserError
+from datamodules.loaders import samplers
 from datamodules.loaders.folder import ImageFolderDataModule
 from datamodules.loaders.memory import FashionMNISTDataModule
 
