@@ -1,9 +1,12 @@
-"""FFCV .beton files under two real CPU ranks (gloo): equal batches, disjoint train samples, exact val, resume order."""
+"""FFCV .beton files under two real CPU ranks (gloo): equal batches, disjoint train samples, exact val, resume order;
+and a cell reading FFCV data with 2 decoding threads, killed mid-epoch and rerun, ends bit-identical."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,11 +15,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
 from test_data_ddp import _free_port
 from test_data_writer import photo_tree
 
 from datamodules import build_datamodule
 from launch.cli import main
+from pipeline.config import dump_yaml, to_dict
+from pipeline.train import read_result
+from tests.conftest import REPO, cell_config, kill_once_checkpointed
 
 pytestmark = pytest.mark.usefixtures("ffcv_installed")
 
@@ -98,3 +105,40 @@ def test_ffcv_two_ranks_equal_disjoint_exact_and_resumed_order(beton: Path, tmp_
     assert r0["resumed"] != r0["labels"][0]
     assert sorted(r0["val"] + r1["val"]) == list(range(CLASSES))  # every val sample exactly once across ranks
     assert r0["val"] and r1["val"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("fashion_root")
+def test_killed_ffcv_cell_resumes_mid_epoch_and_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    """SIGKILL after the first periodic checkpoint (mid-epoch), rerun: the resumed epoch trains the remaining
+    batches with the crops and flips the uninterrupted run drew (FFCV's own draws are per thread and seeded from
+    OS entropy, so no two FFCV runs agreed), and the final weights are the uninterrupted run's, bit for bit."""
+    beton = tmp_path / "ffcv"
+    subprocess.run([sys.executable, "-m", "launch.cli", "data", "write", "--source", "fashion_mnist", "--format",
+                    "ffcv", "--out", str(beton), "--split", "random_halves:0", "--max-per-class", "100",
+                    "--no-progress"], cwd=REPO, check=True, capture_output=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def command(name: str) -> list[str]:
+        cfg = cell_config(tmp_path / name, data={"loader": "ffcv", "shards": str(beton), "num_workers": 2,
+                                                 "batch_size": 32, "max_train_samples": 256, "max_val_samples": 64},
+                          trainer={"max_epochs": 2, "checkpoint_every_n_steps": 3})
+        dump_yaml(to_dict(cfg), tmp_path / f"{name}.yaml")
+        return [sys.executable, "-m", "launch.cli", "train", "--config", str(tmp_path / f"{name}.yaml")]
+
+    subprocess.run(command("reference"), cwd=REPO, env=env, check=True, capture_output=True)
+    run, cmd = tmp_path / "cell", command("cell")
+    last = run / "checkpoints" / "last.ckpt"
+    kill_once_checkpointed(cmd, last, env)
+    assert read_result(run) is None
+    step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < step_at_kill < 16 and step_at_kill % 8 != 0, "the kill must land mid-epoch"
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    result, reference = read_result(run), read_result(tmp_path / "reference")
+    assert result is not None and result["resumed"] is True and reference is not None
+    assert result["steps"] == reference["steps"] == 16  # 256 / 32 x 2 epochs
+    want, got = (load_file(str(d / "weights.safetensors")) for d in (tmp_path / "reference", run))
+    for key, value in want.items():
+        assert torch.equal(value, got[key]), f"{key} differs from the uninterrupted run"
+    assert result["top1"] == reference["top1"]

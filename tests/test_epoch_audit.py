@@ -401,6 +401,78 @@ def test_ffcv_resume_through_lightning_trains_each_sample_once(id_beton: Path, t
     assert list(second.seen) == [1] and first.seen[1] + second.seen[1] == planned[1]
 
 
+
+# ---- FFCV augmentation: a sample's crop and flip are a function of (seed, epoch, id) --------------------------
+N_TEX = 48  # textured 16 px images (noise, so every crop and flip changes the pixels), label = id, all classes
+
+
+@pytest.fixture(scope="module")
+def textured_beton(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    pytest.importorskip("ffcv")
+    root = tmp_path_factory.mktemp("textured_beton")
+
+    class Source:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+            return np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8), i
+
+    for part, n in (("train", N_TEX), ("val", 8)):
+        (root / "all").mkdir(exist_ok=True)
+        DatasetWriter(str(root / "all" / f"{part}.beton"), {"image": RGBImageField(write_mode="raw"),
+                                                            "label": IntField()},
+                      num_workers=1).from_indexed_dataset(Source(n))
+    write_index(root, [f"c{i:03d}" for i in range(N_TEX)])
+    return root
+
+
+def ffcv_pixel_pass(dm: Any, loader: Any) -> list[tuple[list[int], np.ndarray]]:
+    return [(ffcv_ids(dm, batch), batch[0].numpy().copy()) for batch in loader]
+
+
+def assert_same_batches(got: list[tuple[list[int], np.ndarray]], want: list[tuple[list[int], np.ndarray]]) -> None:
+    assert [ids for ids, _ in got] == [ids for ids, _ in want]
+    for b, ((_, x), (_, y)) in enumerate(zip(got, want, strict=True)):
+        assert np.array_equal(x, y), f"batch {b}: crops/flips differ from the uninterrupted pass"
+
+
+@pytest.mark.usefixtures("ffcv_installed")
+@pytest.mark.timeout(240)
+def test_ffcv_resumed_pass_draws_the_uninterrupted_crops_and_flips(textured_beton: Path) -> None:
+    """Pixels, not ids: with 2 decoding threads, a pass restarted after batch k yields exactly batches k.. of the
+    uninterrupted pass, crops and flips included; a second pass of the same epoch and 1 thread draw the same.
+    FFCV's own draws come from numba's per-thread random state, seeded from OS entropy: they never repeat."""
+    def dm_for(threads: int) -> Any:
+        return ffcv_dm(textured_beton, epoch=1, split=None, num_workers=threads)
+
+    dm = dm_for(2)
+    loader = dm.train_dataloader()
+    assert loader.loader.num_workers == min(2, os.cpu_count() or 1)
+    uninterrupted = ffcv_pixel_pass(dm, loader)
+    assert len(uninterrupted) == N_TEX // BATCH_FFCV
+    assert_same_batches(ffcv_pixel_pass(dm, loader), uninterrupted)  # the same epoch again: the same draws
+
+    k = random.Random(4).randrange(1, len(uninterrupted))
+    restarted = dm_for(2)
+    restarted.position.set(1, k)
+    assert_same_batches(ffcv_pixel_pass(restarted, restarted.train_dataloader()), uninterrupted[k:])
+
+    single = dm_for(1)  # the thread count changes nothing
+    assert_same_batches(ffcv_pixel_pass(single, single.train_dataloader()), uninterrupted)
+
+    # the augmentation is real and changes with the epoch: a sample's pixels differ between epochs 0 and 1
+    dm.trainer.current_epoch = 0
+    epoch0 = {i: x for ids, xs in ffcv_pixel_pass(dm, loader) for i, x in zip(ids, xs, strict=True)}
+    epoch1 = {i: x for ids, xs in uninterrupted for i, x in zip(ids, xs, strict=True)}
+    assert sum(not np.array_equal(epoch0[i], epoch1[i]) for i in epoch1) > 0.8 * len(epoch1)
+
 # ---- subsets: the FFCV loader picks the images the folder loader picks ----------------------------------------
 @pytest.mark.usefixtures("ffcv_installed")
 def test_ffcv_subset_and_caps_match_the_folder_loader(tmp_path: Path) -> None:

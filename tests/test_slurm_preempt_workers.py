@@ -72,7 +72,8 @@ def test_term_requeue_with_loader_workers_is_a_preemption_and_resumes_bit_identi
     profiles = write_profiles(tmp_path, strict={**base, "max_restarts": 0})
     sweep = write_sweep(
         tmp_path, profile="strict", data=_data(tmp_path, loader),
-        train={"trainer": {"max_epochs": 3, "progress_bar": False, "checkpoint_every_n_steps": 5,
+        # long enough that the cell is still training when the requeue lands (FFCV trains 3 epochs in ~15 s)
+        train={"trainer": {"max_epochs": 6, "progress_bar": False, "checkpoint_every_n_steps": 5,
                            "log_every_n_steps": 5}},
         wandb={"enabled": True, "project": "mkf-test"},
     )
@@ -81,7 +82,8 @@ def test_term_requeue_with_loader_workers_is_a_preemption_and_resumes_bit_identi
     cell = plan.cells[0]
     job = cell_job(plan.output_dir, cell.id)
     wait_for(lambda: _first_checkpoint(cell, job), 240, "the first checkpoint")
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 3.0))  # a random step of the run
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))  # a random step of the run
+    assert read_result(cell.run_dir) is None, "the cell finished before it could be preempted: train it longer"
     subprocess.run(["scontrol", "requeue", job], check=True)  # TERM to every process of the step, then KILL
     release_requeued(job)
     wait_for(all_finished(sweep), 300, "the requeued cell to finish")

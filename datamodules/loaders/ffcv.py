@@ -21,9 +21,10 @@ seeded and stratified by datamodules.sources.subsets, so the same labels give th
 The Loader is built in ``train_dataloader()``, which Lightning calls after the process group exists, and it is not
 a torch DataLoader, so Lightning never injects a sampler of its own. FFCV's ``num_workers`` are threads of one
 process (its compiled pipeline), so ``max(1, num_workers)`` of them decode each batch; batch order is the plan's.
-Train augmentation: ``RandomResizedCropRGBImageDecoder`` + flip. Batches are uint8 NCHW (channels_last memory); on
-CUDA they are moved inside the pipeline (``ToDevice``, non-blocking) and normalised on the GPU by
-:func:`normalize_batch`, like the webdataset loader.
+Train augmentation: a random resized crop (FFCV's ``RandomResizedCropRGBImageDecoder``) + horizontal flip, drawn
+per sample from (seed, epoch, sample id) by :class:`AugmentKey` (see there why FFCV's own draws cannot be
+resumed). Batches are uint8 NCHW (channels_last memory); on CUDA they are moved inside the pipeline
+(``ToDevice``, non-blocking) and normalised on the GPU by :func:`normalize_batch`, like the webdataset loader.
 """
 
 from __future__ import annotations
@@ -103,13 +104,142 @@ def planned_order(indices: np.ndarray, seed: int, rank: int, world: int, batch_s
     return _ffcv_order_class()(indices, seed, rank, world, batch_size)  # type: ignore[no-any-return]
 
 
+# salts that keep a sample's crop and flip draws apart (any two distinct 64-bit constants)
+_CROP_SALT, _FLIP_SALT = 0x243F6A8885A308D3, 0x13198A2E03707345
+
+
+def pass_key(seed: int, epoch: int) -> int:
+    """The 64-bit key of one epoch's augmentation draws: every sample's crop and flip derive from it and its id."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, 0x4D4B46]).generate_state(1, np.uint64)[0])
+
+
+def _sample_seed(key: np.uint64, sample: np.uint64, salt: np.uint64) -> np.uint32:
+    """A 32-bit seed for one sample's draws: splitmix64 of (key, sample id, salt). Compiled into the pipeline."""
+    z = key ^ ((sample + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)) ^ salt
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.uint32(z >> np.uint64(32))
+
+
+class AugmentKey:
+    """The current pass's :func:`pass_key`, in memory that the compiled FFCV pipeline reads at every batch.
+
+    FFCV 1.0 draws crops and flips from numba's random state, which is per thread and seeded from OS entropy: no
+    two runs (nor two passes) draw alike, and a resumed epoch cannot redraw what the uninterrupted one drew, so a
+    preempted FFCV cell never ended with the weights of an uninterrupted one. Our decoder and flip reseed that
+    state per sample from (this key, sample id) just before drawing, in the thread that draws; each sample's
+    augmentation is then a function of (seed, epoch, sample id) only, whatever the thread count, the batch it lands
+    in or where a resumed pass starts, as :class:`~datamodules.base.SeededSamples` does for torch workers. (Ranks
+    draw apart: in an epoch each sample belongs to one rank.)
+
+    Numba freezes the arrays a compiled function closes over, so the pipeline closes over this array's *address*
+    and copies the key from it per batch (FFCV's own ``memcpy``): the epoch changes without recompiling.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.cell = np.zeros(1, dtype=np.uint64)  # kept alive by this object, which the pipeline's ops hold
+
+    @property
+    def address(self) -> int:
+        return int(self.cell.ctypes.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.cell[0] = np.uint64(pass_key(self.seed, epoch))
+
+
+@functools.cache
+def _keyed_ops() -> tuple[type, type]:
+    """The keyed crop decoder and flip (FFCV classes), made on first use: importing this module must not need FFCV.
+
+    The decoder is FFCV 1.0.2's ``ResizedCropRGBImageDecoder.generate_code`` plus the key read and the reseed;
+    the flip is ``RandomHorizontalFlip`` drawing per sample, which needs the batch's sample ids (``with_indices``).
+    """
+    from ffcv.fields.rgb_image import IMAGE_MODES, RandomResizedCropRGBImageDecoder, get_random_crop
+    from ffcv.libffcv import ctypes_memcopy, imdecode, resize_crop
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.transforms import RandomHorizontalFlip
+
+    class KeyedRandomResizedCrop(RandomResizedCropRGBImageDecoder):  # type: ignore[misc]
+        def __init__(self, key: AugmentKey, output_size: tuple[int, int], scale: tuple[float, float],
+                     ratio: tuple[float, float]) -> None:
+            super().__init__(output_size, scale=scale, ratio=ratio)
+            self.key = key
+
+        def generate_code(self) -> Any:
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c = Compiler.compile(imdecode)
+            resize_crop_c = Compiler.compile(resize_crop)
+            get_crop_c = Compiler.compile(get_random_crop)
+            seed_of = Compiler.compile(_sample_seed)
+            scale, ratio = np.array(self.scale), np.array(self.ratio)
+            address, salt = np.uint64(self.key.address), np.uint64(_CROP_SALT)
+
+            def decode(batch_indices, my_storage, metadata, storage_state):  # type: ignore[no-untyped-def]
+                destination, temp_storage = my_storage
+                key = np.zeros(1, dtype=np.uint64)
+                ctypes_memcopy(address, key.ctypes.data, 8)
+                for dst_ix in my_range(len(batch_indices)):
+                    source_ix = batch_indices[dst_ix]
+                    np.random.seed(seed_of(key[0], np.uint64(source_ix), salt))  # this thread's state
+                    field = metadata[source_ix]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height = np.uint32(field["height"])
+                    width = np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        temp_buffer = temp_storage[dst_ix]
+                        imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                        selected_size = 3 * height * width
+                        temp_buffer = temp_buffer.reshape(-1)[:selected_size]
+                        temp_buffer = temp_buffer.reshape(height, width, 3)
+                    else:
+                        temp_buffer = image_data.reshape(height, width, 3)
+                    i, j, h, w = get_crop_c(height, width, scale, ratio)
+                    resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                return destination[: len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    class KeyedHorizontalFlip(RandomHorizontalFlip):  # type: ignore[misc]
+        def __init__(self, key: AugmentKey, flip_prob: float = 0.5) -> None:
+            super().__init__(flip_prob)
+            self.key = key
+
+        def generate_code(self) -> Any:
+            my_range = Compiler.get_iterator()
+            seed_of = Compiler.compile(_sample_seed)
+            flip_prob = self.flip_prob
+            address, salt = np.uint64(self.key.address), np.uint64(_FLIP_SALT)
+
+            def flip(images, dst, indices):  # type: ignore[no-untyped-def]
+                key = np.zeros(1, dtype=np.uint64)
+                ctypes_memcopy(address, key.ctypes.data, 8)
+                for i in my_range(images.shape[0]):
+                    np.random.seed(seed_of(key[0], np.uint64(indices[i]), salt))
+                    if np.random.random() < flip_prob:
+                        dst[i] = images[i, :, ::-1]
+                    else:
+                        dst[i] = images[i]
+                return dst
+
+            flip.is_parallel = True
+            flip.with_indices = True
+            return flip
+
+    return KeyedRandomResizedCrop, KeyedHorizontalFlip
+
+
 class _EpochLoader:
     """Wraps an FFCV Loader so each pass uses the trainer's epoch (FFCV otherwise counts from 0 per process), and
     the first pass after a restore continues the interrupted epoch after its trained batches."""
 
     def __init__(self, loader: Any, epoch: Any, order: PlannedOrder | None = None,
-                 position: ResumePosition | None = None) -> None:
-        self.loader, self.epoch, self.order, self.position = loader, epoch, order, position
+                 position: ResumePosition | None = None, key: AugmentKey | None = None) -> None:
+        self.loader, self.epoch, self.order, self.position, self.key = loader, epoch, order, position, key
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -126,6 +256,8 @@ class _EpochLoader:
             epoch, skip = self.position.epoch, self.position.batches_done
             self.position.pending = False
         self.loader.next_epoch = epoch
+        if self.key is not None:  # the pass's augmentation draws: (seed, epoch, sample id), not FFCV's threads
+            self.key.set_epoch(epoch)
         if self.order is None:
             yield from self.loader
             return
@@ -235,18 +367,16 @@ class FFCVDataModule(SplitDataModule):
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def _pipelines(self, train: bool) -> dict[str, list[Any]]:
-        from ffcv.fields.decoders import (
-            CenterCropRGBImageDecoder,
-            IntDecoder,
-            RandomResizedCropRGBImageDecoder,
-        )
-        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+    def _pipelines(self, key: AugmentKey | None) -> dict[str, list[Any]]:
+        """The train pipeline (``key`` given: its crops and flips drawn from it) or the val pipeline."""
+        from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+        from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
         spec = self.spec
-        if train:
-            image: list[Any] = [RandomResizedCropRGBImageDecoder((spec.train_resolution,) * 2, scale=spec.scale,
-                                                                 ratio=spec.ratio), RandomHorizontalFlip()]
+        if key is not None:
+            crop, flip = _keyed_ops()
+            image: list[Any] = [crop(key, (spec.train_resolution,) * 2, scale=spec.scale, ratio=spec.ratio),
+                                flip(key)]
         else:
             image = [CenterCropRGBImageDecoder((spec.val_resolution,) * 2, ratio=spec.crop_ratio)]
         label: list[Any] = [IntDecoder(), ToTensor(), Squeeze(1)]
@@ -272,13 +402,14 @@ class FFCVDataModule(SplitDataModule):
         if train:
             check_trainable(len(indices), world, self.batch_size, full_batches=True, where="loader ffcv")
             order = planned_order(indices, self.seed, rank, world, self.batch_size)
+            key = AugmentKey(self.seed)
             loader = Loader(str(self.files[part]), batch_size=self.batch_size, num_workers=workers, order=order,
-                            seed=self.seed, indices=indices.tolist(), pipelines=self._pipelines(True),
+                            seed=self.seed, indices=indices.tolist(), pipelines=self._pipelines(key),
                             drop_last=True)
-            return _EpochLoader(loader, self._current_epoch, order, self.position)
+            return _EpochLoader(loader, self._current_epoch, order, self.position, key)
         loader = Loader(str(self.files[part]), batch_size=self.batch_size, num_workers=workers,
                         order=OrderOption.SEQUENTIAL, indices=indices[rank::world].tolist(),
-                        pipelines=self._pipelines(False), drop_last=False)
+                        pipelines=self._pipelines(None), drop_last=False)
         return _EpochLoader(loader, self._current_epoch)
 
     def _current_epoch(self) -> int:
