@@ -45,7 +45,7 @@ SPLIT = {"kind": "random_halves", "seed": 0}
 def _write_shards(tmp_path: Path, fmt: str) -> Path:
     out = tmp_path / f"fashion-{fmt}"
     subprocess.run([sys.executable, "-m", "launch.cli", "data", "write", "--source", "fashion_mnist", "--format", fmt,
-                    "--out", str(out), "--split", "random_halves:0", "--shard-size", "200", "--max-per-class", "100",
+                    "--out", str(out), "--split", "random_halves:0", "--shard-size", "200", "--max-per-class", "400",
                     "--no-progress"], cwd=REPO, check=True, capture_output=True)
     return out
 
@@ -53,8 +53,8 @@ def _write_shards(tmp_path: Path, fmt: str) -> Path:
 def _data(tmp_path: Path, loader: str) -> dict[str, Any]:
     common = {"dataset": "fashion_mnist", "split": SPLIT, "batch_size": 32, "num_workers": 2}
     if loader == "memory":
-        return {**common, "max_train_samples": 500, "max_val_samples": 128}
-    return {**common, "loader": loader, "shards": str(_write_shards(tmp_path, loader))}
+        return {**common, "max_train_samples": 2000, "max_val_samples": 128}
+    return {**common, "max_val_samples": 128, "loader": loader, "shards": str(_write_shards(tmp_path, loader))}
 
 
 def _first_checkpoint(cell: Any, job: str) -> bool:
@@ -72,8 +72,8 @@ def test_term_requeue_with_loader_workers_is_a_preemption_and_resumes_bit_identi
     profiles = write_profiles(tmp_path, strict={**base, "max_restarts": 0})
     sweep = write_sweep(
         tmp_path, profile="strict", data=_data(tmp_path, loader),
-        # long enough that the cell is still training when the requeue lands (FFCV trains 3 epochs in ~15 s)
-        train={"trainer": {"max_epochs": 6, "progress_bar": False, "checkpoint_every_n_steps": 5,
+        # long enough that the cell is still training when the requeue lands (2,000 samples x 4 epochs: ~250 steps)
+        train={"trainer": {"max_epochs": 4, "progress_bar": False, "checkpoint_every_n_steps": 5,
                            "log_every_n_steps": 5}},
         wandb={"enabled": True, "project": "mkf-test"},
     )

@@ -130,7 +130,7 @@ class AugmentKey:
     preempted FFCV cell never ended with the weights of an uninterrupted one. Our decoder and flip reseed that
     state per sample from (this key, sample id) just before drawing, in the thread that draws; each sample's
     augmentation is then a function of (seed, epoch, sample id) only, whatever the thread count, the batch it lands
-    in or where a resumed pass starts, as :class:`~datamodules.base.SeededSamples` does for torch workers. (Ranks
+    in or where a resumed pass starts, as :class:`~datamodules.loaders.base.SeededSamples` does for torch workers. (Ranks
     draw apart: in an epoch each sample belongs to one rank.)
 
     Numba freezes the arrays a compiled function closes over, so the pipeline closes over this array's *address*
