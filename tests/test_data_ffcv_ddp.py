@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from pipeline.train import read_result
 from safetensors.torch import load_file
 from test_data_ddp import _free_port
 from test_data_writer import photo_tree
@@ -23,6 +22,7 @@ from test_data_writer import photo_tree
 from datamodules import build_datamodule
 from launch.cli import main
 from pipeline.config import dump_yaml, to_dict
+from pipeline.results.run_folder import read_result
 from tests.conftest import REPO, cell_config, kill_once_checkpointed
 
 pytestmark = pytest.mark.usefixtures("ffcv_installed")
