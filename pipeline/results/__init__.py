@@ -1,0 +1,8 @@
+"""What runs leave behind, read back: a run folder's files and states, a sweep's tables and its figures.
+
+Belongs here: :mod:`.run_folder` (the torch-free run-directory API every login-node command uses),
+:mod:`.tables` (results.csv, summary.csv, relative top-1, confidence intervals), :mod:`.figures` (the figure of
+each report kind) and :mod:`.report` (tables + figure of a sweep). Imports run one way: run_folder and tables
+know nothing of figures; figures use tables; report uses both. Torch-free: nothing here imports torch, Lightning
+or timm.
+"""
