@@ -7,7 +7,6 @@ code imports must be a declared dependency (or an extra).
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -27,15 +26,27 @@ from tests.conftest import REPO
 PACKAGES = ("pipeline", "datamodules", "launch", "slurm", "configs")
 
 
+_IMPORTS = """
+import ast, json, sys
+from pathlib import Path
+mods = set()
+for path in Path(sys.argv[1]).rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            mods.add(node.module.split(".")[0])
+print(json.dumps(sorted(mods)))
+"""
+
+
 def _imports(package: str) -> set[str]:
-    mods: set[str] = set()
-    for path in (REPO / package).rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                mods |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                mods.add(node.module.split(".")[0])
-    return mods
+    """Top-level modules imported anywhere in ``package``. Parsed in a fresh interpreter: CPython 3.11.7's
+    ``ast.parse`` can raise "AST constructor recursion depth mismatch" in a process where an earlier test hit a
+    RecursionError (fixed in later 3.11 releases)."""
+    out = subprocess.run([sys.executable, "-c", _IMPORTS, str(REPO / package)], check=True, capture_output=True,
+                         text=True).stdout
+    return set(json.loads(out))
 
 
 def _requirement_name(req: str) -> str:
@@ -68,8 +79,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A fresh venv with the project installed from a wheel built from a copy of the checkout."""
     tmp = tmp_path_factory.mktemp("package")
     src = tmp / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", ".git", "results", "build", "*.egg-info",
-                                                              "__pycache__", ".pytest_cache", ".ruff_cache"))
+    junk = shutil.ignore_patterns(".venv*", ".git", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:  # results/ and build/ of the checkout, not pipeline/results
+        top = {"results", "build"} & set(names) if Path(folder) == REPO else set()
+        return set(junk(folder, names)) | top
+
+    shutil.copytree(REPO, src, ignore=ignore)
     wheels = tmp / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                     str(src)], check=True, capture_output=True)
