@@ -22,7 +22,7 @@ from pipeline.results import run_folder
 from pipeline.training.resume import Preempted, PreemptionHandler, checkpoint_step
 from pipeline.training.train import train_cell
 from tests.conftest import cell_config
-from tests.test_checkpoint_policy import free_port, join_ranks, two_rank_cell
+from tests.test_checkpoint_policy import free_port, join_ranks, leave_ranks, two_rank_cell
 
 
 @pytest.fixture
@@ -66,6 +66,8 @@ def _disagreeing_rank(rank: int, world: int, port: int, cfg: CellConfig, out: st
         train_cell(cfg, callbacks=[handler, saves, _SignalSelf(4, signal.SIGUSR1, rank=1)])
     except Preempted as exc:
         outcome = str(exc)
+    finally:
+        leave_ranks()
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "outcome": outcome, "signal": handler.signum, "requeued": requeued, "saves": saves.steps}))
 

@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from pipeline.config import CellConfig
 from pipeline.training.train import train_cell
-from tests.test_checkpoint_policy import free_port, join_ranks, two_rank_cell
+from tests.test_checkpoint_policy import free_port, join_ranks, leave_ranks, two_rank_cell
 
 
 def _rng_digest() -> str:
@@ -62,6 +62,8 @@ def _rank(rank: int, world: int, port: int, cfg: CellConfig, out: str, crash_at:
         train_cell(cfg, callbacks=[probe] + ([_CrashAt(crash_at)] if crash_at is not None else []))
     except RuntimeError as exc:
         assert "crash" in str(exc)
+    finally:
+        leave_ranks()
     Path(out, f"rank{rank}.json").write_text(json.dumps({"draws": probe.draws, "init": probe.init}))
 
 
