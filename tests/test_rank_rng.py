@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 
 from pipeline.config import CellConfig
 from pipeline.training.train import train_cell
-from tests.test_checkpoint_policy import free_port, join_ranks, leave_ranks, two_rank_cell
+from tests.test_checkpoint_policy import _CrashAt, free_port, join_ranks, leave_ranks, two_rank_cell
 
 
 def _rng_digest() -> str:
@@ -44,15 +44,6 @@ class _Probe(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self.draws[trainer.global_step] = _rng_digest()
-
-
-class _CrashAt(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("crash")
 
 
 def _rank(rank: int, world: int, port: int, cfg: CellConfig, out: str, crash_at: int | None) -> None:
