@@ -229,7 +229,7 @@ class _Planner:
             unit_kind = entry.unit_kind
             transfer = {"base": "", "base_file": None, "unit_kind": unit_kind, "depth": depth,
                         "direction": variant.direction, "mode": variant.mode, "init": variant.init,
-                        "mapping": None}
+                        "freeze": sweep.freeze, "mapping": None}
             if variant.source == "none":
                 source_label, source_arch = "none", entry.arch
             else:

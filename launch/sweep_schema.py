@@ -111,6 +111,8 @@ class SweepConfig(_Strict):
     archs: list[ArchSpec] = Field(default_factory=list)
     depths: Literal["all"] | list[int] = "all"
     variants: list[str] = Field(default_factory=lambda: ["AnB", "BnB"])
+    # what a frozen depthwise unit freezes: its kernel only (the authors' protocol) or kernel and bias
+    freeze: Literal["kernel", "kernel_and_bias"] = "kernel"
     train: TrainSpec = Field(default_factory=TrainSpec)
     stages: StagesSpec = Field(default_factory=StagesSpec)
     wandb: dict[str, Any] = Field(default_factory=dict)

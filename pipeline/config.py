@@ -158,6 +158,7 @@ class TransferConfig:
     direction: str = "first"  # first = units 1..depth (AnB); last = units depth..L (reverse)
     mode: str = "frozen"  # frozen (AnB) | finetune (AnB+)
     init: str = "copy"  # copy | random (units keep the cell's own fresh init: the random-frozen control) | shuffle
+    freeze: str = "kernel"  # kernel (the authors' protocol: depthwise kernels only) | kernel_and_bias
     mapping: MappingConfig | None = None  # cross-architecture policy; None = same arch, unit i <- unit i
 
 

@@ -51,6 +51,7 @@ class TransferSpec:
     direction: str = "first"
     mode: str = "frozen"
     init: str = "copy"  # a key of INITS
+    freeze: str = "kernel"  # what a frozen depthwise unit freezes: kernel | kernel_and_bias
     mapping: Any = None  # None: same architecture only; else a MappingPolicy (or its dict from the config)
     seed: int | None = None  # the cell's seed (shuffle); None: torch.initial_seed(), set by seed_everything(seed)
 
