@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import UserError
+from launch.adaptive import depth_grid
 from launch.sweep_schema import STAGES, TRAIN_SECTIONS, ArchSpec, SweepConfig, load_sweep, parse_sweep
 from launch.variants import VARIANTS, Variant, get_variant
 from pipeline.config import CellConfig, MappingConfig, dump_yaml, to_dict
@@ -261,7 +262,7 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
         count = unit_count(entry.arch, entry.unit_kind)
         if count == 0:
             raise UserError(f"archs[{i}]: {entry.arch} has no {entry.unit_kind} units; pick another unit_kind")
-        depths = list(range(1, count + 1)) if sweep.depths == "all" else list(sweep.depths)
+        depths = depth_grid(sweep.depths, entry.arch, entry.unit_kind, count)
         for d in depths:
             if not 1 <= d <= count:
                 raise UserError(f"depth {d} is outside {entry.arch}'s {entry.unit_kind} units 1..{count}; fix depths")

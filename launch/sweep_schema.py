@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from datamodules.errors import UserError
+from launch.adaptive import AdaptiveDepths
 from pipeline.config import CellConfig, DataConfig, MappingConfig, WandbConfig, from_dict, load_yaml
 
 STAGES = ("base", "transfer")
@@ -109,7 +110,7 @@ class SweepConfig(_Strict):
     sources: dict[str, SourceSpec] = Field(default_factory=dict)
     transfers: list[TransferPair] | None = None
     archs: list[ArchSpec] = Field(default_factory=list)
-    depths: Literal["all"] | list[int] = "all"
+    depths: Literal["all"] | list[int] | AdaptiveDepths = "all"  # adaptive: see launch/adaptive.py
     variants: list[str] = Field(default_factory=lambda: ["AnB", "BnB"])
     # what a frozen depthwise unit freezes: its kernel only (the authors' protocol) or kernel and bias
     freeze: Literal["kernel", "kernel_and_bias"] = "kernel"
