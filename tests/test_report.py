@@ -144,3 +144,60 @@ def test_matrix_report_writes_tables_and_logs_them(tmp_path: Path, monkeypatch: 
     (run,) = out.glob("wandb/offline-run-*")
     (table,) = run.glob("files/media/table/matrix_*.table.json")
     assert len(json.loads(table.read_text())["data"]) == 6
+
+
+def finish_relative(plan, relative: dict[tuple[str, str], list[float]], base_top1: float = 0.5) -> None:  # type: ignore[no-untyped-def]
+    """Finished cells whose relative top-1 is known: a transfer cell (source, target, seed i) scores
+    ``base_top1 * relative[(source, target)][i]``, every base ``base_top1``."""
+    for cell in plan.cells:
+        run_dir = Path(cell.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = plan.configs[cell.id]
+        dump_yaml(config, run_dir / "config.yaml")
+        top1 = base_top1 if cell.stage == "base" else base_top1 * relative[(cell.source, cell.target)][cell.seed]
+        (run_dir / "result.json").write_text(json.dumps({
+            "status": "finished", "arch": cell.arch, "seed": cell.seed, "top1": top1, "top5": 1.0,
+            "labels": config["labels"], "steps": 10, "wall_time_s": 1.0}))
+
+
+@pytest.mark.parametrize(("low", "high", "clim"), [(0.996, 1.008, (0.95, 1.05)), (0.8, 1.1, (0.8, 1.2))])
+def test_heatmap_keeps_its_scale_centred_on_one(tmp_path: Path, low: float, high: float,
+                                                clim: tuple[float, float]) -> None:
+    """A 3x3 source x target heatmap: a diverging map centred on 1.0, never narrower than +-0.05, symmetric
+    around 1.0 when the data are wider; each cell annotated with its mean and 95% CI over the seeds."""
+    from matplotlib.colors import Colormap
+
+    from pipeline.results.figures import matrices, matrix_figure
+    from pipeline.results.report import write_report
+    from pipeline.results.tables import collect, summarize
+
+    roles = {r: {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": i}, "half": "A"}
+             for i, r in enumerate("ABC")}
+    pairs = [(s, t) for s in roles for t in roles if s != t]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**SWEEP, "kind": "matrix", "datasets": roles, "depths": [2], "variants": ["AnB"],
+                                    "transfers": [{"source": s, "target": t} for s, t in pairs], "seeds": [0, 1],
+                                    "output_dir": str(tmp_path / "out")}))
+    plan = plan_sweep(load_sweep(path))
+    write_plan(plan)
+    means = [low + (high - low) * i / (len(pairs) - 1) for i in range(len(pairs))]  # the extremes are in the data
+    finish_relative(plan, {p: [m - 0.001, m + 0.001] for p, m in zip(pairs, means, strict=True)})
+    _, files = write_report(plan.output_dir)
+    assert plan.output_dir / "figure.png" in files
+
+    axes_kind, panels = matrices(summarize(collect(plan.output_dir)))
+    fig = matrix_figure(panels, axes_kind, "t")
+    (ax, bar) = fig.axes
+    (image,) = ax.images
+    assert image.get_clim() == pytest.approx(clim, abs=1e-9)
+    assert image.norm.vmin == pytest.approx(clim[0]) and image.norm.vmax == pytest.approx(clim[1])
+    assert isinstance(image.cmap, Colormap) and image.cmap.name == "RdBu"
+    assert image.cmap(0.5)[:3] == pytest.approx((0.97, 0.97, 0.97), abs=0.03), "1.0 is the map's neutral centre"
+    assert "centred on 1.0" in bar.get_ylabel() and "0.05 at least" in bar.get_ylabel()
+    texts = [t.get_text() for t in ax.texts]
+    assert len(texts) == len(pairs)
+    for (source, target), mean in zip(pairs, means, strict=True):
+        s = panels[next(iter(panels))][(source, target)]
+        assert s["mean"] == pytest.approx(mean)
+        assert f"{s['mean']:.3f}\n[{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]" in texts
+        assert s["ci95_low"] < s["mean"] < s["ci95_high"]

@@ -11,7 +11,12 @@
   source -> target pair.
 * ``matrix`` (cross-domain, cross-architecture): mean relative top-1 in a source x target table per (variant,
   depth, ...): rows/columns are datasets, or archs when the sweep transfers between archs. Written as
-  ``matrix.csv`` (long form: n, mean, std, CI), ``matrix.md`` (one Markdown table per panel) and a heatmap.
+  ``matrix.csv`` (long form: n, mean, std, CI), ``matrix.md`` (one Markdown table per panel) and a heatmap on a
+  diverging map centred on 1.0 whose range is 1 -+ max(0.05, max |x - 1|), so a colour always means the same
+  relative top-1 and a 1% spread of noise stays pale; each cell reads "mean [95% CI]" when there are seeds.
+
+The report's warnings (groups whose variants are indistinguishable because their units are silent, see
+:func:`pipeline.results.tables.indistinguishable`) are printed under every kind's figure.
 
 Each kind writes ``figure.png`` and ``figure.pdf``.
 """
@@ -81,7 +86,8 @@ def depth_panels(summary: list[dict[str, Any]]) -> dict[tuple[str, str, str, str
     return dict(sorted(panels.items()))
 
 
-def plot_depth_curves(summary: list[dict[str, Any]], root: Path, band: str = "ci95", title: str = "") -> list[Path]:
+def plot_depth_curves(summary: list[dict[str, Any]], root: Path, band: str = "ci95", title: str = "",
+                      notes: list[str] | None = None) -> list[Path]:
     plt = _plt()
     panels = depth_panels(summary)
     if not panels:
@@ -115,10 +121,16 @@ def plot_depth_curves(summary: list[dict[str, Any]], root: Path, band: str = "ci
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+        if any(s.get("note") for s in members):  # the panel's variants cannot be told apart: say so in it
+            ax.text(0.5, 0.02, "variants indistinguishable:\ntransferred units silent", transform=ax.transAxes,
+                    ha="center", va="bottom", fontsize=7, color="#c0392b")
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{title}: mean over seeds, band = {'95% CI' if band == 'ci95' else '±1 std'}", fontsize=10)
     fig.tight_layout()
+    _footer(fig, notes)
+    if notes:
+        fig.tight_layout()
     return _save(fig, root)
 
 
@@ -156,7 +168,8 @@ def _arch_order(name: str) -> tuple[str, int]:
     return (name.rstrip("0123456789"), int(digits) if digits else 0)  # resnet18 < resnet34 < ... < resnet152
 
 
-def plot_retention(rows: list[dict[str, Any]], root: Path, report: dict[str, Any], title: str = "") -> list[Path]:
+def plot_retention(rows: list[dict[str, Any]], root: Path, report: dict[str, Any], title: str = "",
+                   notes: list[str] | None = None) -> list[Path]:
 
     band = report.get("band", "ci95")
     table = retention(rows, report.get("retention_variant", "AnB"), report.get("retention_at", "deepest"))
@@ -186,6 +199,9 @@ def plot_retention(rows: list[dict[str, Any]], root: Path, report: dict[str, Any
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    _footer(fig, notes)
+    if notes:
+        fig.tight_layout()
     return [csv_path, *_save(fig, root)]
 
 
@@ -213,12 +229,83 @@ def _panel_title(axes: str, key: tuple[Any, ...]) -> str:
     return f"{variant}" + ("" if depth is None else f" n={depth}") + (f" {kind}" if kind else "") + f", {other}"
 
 
-def plot_matrix(summary: list[dict[str, Any]], root: Path, title: str = "") -> list[Path]:
+RELATIVE_HALF_RANGE = 0.05  # the colour scale of relative top-1 spans at least 1 +- this
+RELATIVE_CMAP = "RdBu"  # diverging: red below 1.0 (transfer cost accuracy), blue above, white at 1.0
+
+
+def relative_range(values: list[float], at_least: float = RELATIVE_HALF_RANGE) -> tuple[float, float]:
+    """A colour range centred on 1.0: 1 -+ max(at_least, max |x - 1|).
+
+    Scaling colours to the data's own range spends the whole map on whatever spread there is, so a 1% spread of
+    noise reads as structure; a fixed centre and a floor on the range keep a colour meaning the same amount of
+    relative top-1 in every figure, and the symmetric widening keeps every value on the scale.
+    """
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    half = max([at_least, *(abs(v - 1.0) for v in finite)])
+    return 1.0 - half, 1.0 + half
+
+
+def cell_label(s: dict[str, Any]) -> str:
+    """A heatmap cell's annotation: the mean, and with seeds its 95% CI (the band summarize() computed)."""
+    if s.get("n", 1) > 1:
+        return f"{s['mean']:.3f}\n[{s['ci95_low']:.3f}, {s['ci95_high']:.3f}]"
+    return f"{s['mean']:.3f}"
+
+
+def matrix_figure(panels: dict[tuple[Any, ...], dict[tuple[str, str], dict[str, Any]]], axes_kind: str,
+                  title: str = "", notes: list[str] | None = None) -> Any:
+    """The heatmaps of :func:`matrices`' panels on one diverging scale centred on 1.0 (see relative_range)."""
+    plt = _plt()
+    from matplotlib.colors import Normalize
+
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1, 4.4 * nrows + 0.4 * len(notes or [])),
+                             squeeze=False, layout="constrained")
+    vmin, vmax = relative_range([s["mean"] for cells in panels.values() for s in cells.values()])
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    image = None
+    for ax, (key, cells) in zip(axes.flat, panels.items(), strict=False):
+        rows = sorted({r for r, _ in cells})
+        cols = sorted({c for _, c in cells})
+        grid = [[cells[(r, c)]["mean"] if (r, c) in cells else float("nan") for c in cols] for r in rows]
+        image = ax.imshow(grid, norm=norm, cmap=RELATIVE_CMAP, aspect="auto")
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                if (r, c) in cells:
+                    value = cells[(r, c)]["mean"]
+                    ax.text(j, i, cell_label(cells[(r, c)]), ha="center", va="center", fontsize=6,
+                            color="white" if abs(value - 1.0) > 0.6 * (vmax - 1.0) else "black")
+        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xlabel(f"target {axes_kind[:-1]}", fontsize=8)
+        ax.set_ylabel(f"source {axes_kind[:-1]}", fontsize=8)
+        ax.set_title(_panel_title(axes_kind, key), fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    if image is not None:
+        fig.colorbar(image, ax=list(axes.flat), shrink=0.8,
+                     label=f"relative top-1, mean over seeds (centred on 1.0, range ±{vmax - 1.0:.3g}; "
+                           f"±{RELATIVE_HALF_RANGE} at least)")
+    fig.suptitle(f"{title}: source × target" + ("; cells: mean [95% CI]" if any(
+        s.get("n", 1) > 1 for cells in panels.values() for s in cells.values()) else ""), fontsize=10)
+    _footer(fig, notes)
+    return fig
+
+
+def _footer(fig: Any, notes: list[str] | None) -> None:
+    """The report's warnings (indistinguishable variants) under the figure, where a reader of the PNG sees them."""
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=7, color="#c0392b", wrap=True)
+
+
+def plot_matrix(summary: list[dict[str, Any]], root: Path, title: str = "",
+                notes: list[str] | None = None) -> list[Path]:
 
     axes_kind, panels = matrices(summary)
     long = []
     md = [f"# {title}: relative top-1 (mean ± std over seeds; rows = source {axes_kind[:-1]}, "
-          f"columns = target {axes_kind[:-1]})", ""]
+          f"columns = target {axes_kind[:-1]})", "", *(f"**{n}**" for n in notes or []), *([""] if notes else [])]
     for key, cells in panels.items():
         rows = sorted({r for r, _ in cells})
         cols = sorted({c for _, c in cells})
@@ -237,34 +324,7 @@ def plot_matrix(summary: list[dict[str, Any]], root: Path, title: str = "") -> l
     csv_path = write_csv(long, root / "matrix.csv", columns)
     md_path = root / "matrix.md"
     md_path.write_text("\n".join(md) + "\n")
-    plt = _plt()
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 1, 4.4 * nrows), squeeze=False,
-                             layout="constrained")
-    means = [s["mean"] for cells in panels.values() for s in cells.values()]
-    vmin, vmax = min(means), max(max(means), 1.0)
-    image = None
-    for ax, (key, cells) in zip(axes.flat, panels.items(), strict=False):
-        rows = sorted({r for r, _ in cells})
-        cols = sorted({c for _, c in cells})
-        grid = [[cells[(r, c)]["mean"] if (r, c) in cells else float("nan") for c in cols] for r in rows]
-        image = ax.imshow(grid, vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto")
-        for i, row in enumerate(grid):
-            for j, value in enumerate(row):
-                if not math.isnan(value):
-                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if value < (vmin + vmax) / 2 else "black")
-        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(rows)), rows, fontsize=7)
-        ax.set_xlabel(f"target {axes_kind[:-1]}", fontsize=8)
-        ax.set_ylabel(f"source {axes_kind[:-1]}", fontsize=8)
-        ax.set_title(_panel_title(axes_kind, key), fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    if image is not None:
-        fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label="relative top-1 (mean over seeds)")
-    fig.suptitle(f"{title}: source × target", fontsize=10)
+    fig = matrix_figure(panels, axes_kind, title, notes)
     return [csv_path, md_path, *_save(fig, root)]
 
 
@@ -272,12 +332,15 @@ KINDS = ("depth_curve", "retention", "matrix")
 
 
 def render(kind: str, rows: list[dict[str, Any]], summary: list[dict[str, Any]], root: Path,
-           report: dict[str, Any], title: str = "") -> list[Path]:
-    """The figure (and tables) of ``kind``; returns the files written, the PNG figure among them."""
+           report: dict[str, Any], title: str = "", notes: list[str] | None = None) -> list[Path]:
+    """The figure (and tables) of ``kind``; returns the files written, the PNG figure among them.
+
+    ``notes`` (the report's warnings, e.g. indistinguishable variants) are printed under the figure.
+    """
     if kind == "depth_curve":
-        return plot_depth_curves(summary, root, report.get("band", "ci95"), title)
+        return plot_depth_curves(summary, root, report.get("band", "ci95"), title, notes)
     if kind == "retention":
-        return plot_retention(rows, root, report, title)
+        return plot_retention(rows, root, report, title, notes)
     if kind == "matrix":
-        return plot_matrix(summary, root, title)
+        return plot_matrix(summary, root, title, notes)
     raise UserError(f"unknown report kind {kind!r}; use one of {', '.join(KINDS)}")
