@@ -73,23 +73,36 @@ def model_params(arch: str = "convnext_demo") -> set[str]:
     return {n for n, _ in create_model(arch, num_classes=5).named_parameters()}
 
 
+def kernels(keys: set[str] | list[str]) -> set[str]:
+    """What transfer.freeze: kernel (the default) fixes in a depthwise/pointwise/both unit: the weight tensors."""
+    return {k for k in keys if k.endswith(".weight")}
+
+
 def test_frozen_units_stay_identical_to_a_and_everything_else_trains(tmp_path: Path, base_a: Path) -> None:
-    """AnB: units 1..n are A's bit for bit after training on B; every other parameter moved from its start."""
+    """AnB (freeze: kernel): units 1..n's kernels are A's bit for bit after training on B; their biases start as
+    A's and train; every other parameter moved from its start."""
     cfg = transfer_config(tmp_path, base_a, "AnB3", depth=3, mode="frozen")
     start = initial_weights(cfg)
     train_cell(cfg)
     a, b = weights(base_a), weights(Path(cfg.run_dir))
     units = unit_keys("convnext_demo", "depthwise")
-    frozen = {k for unit in units[:3] for k in unit}
-    assert frozen, "the first 3 depthwise units must own parameters"
+    copied = {k for unit in units[:3] for k in unit}
+    frozen = kernels(copied)
+    assert len(frozen) == 3 and len(copied) == 6, "the first 3 depthwise units must own a kernel and a bias each"
     L.seed_everything(cfg.seed, verbose=False)
     own_init = create_model("convnext_demo", num_classes=5).state_dict()
     for key in frozen:
         assert torch.equal(a[key], b[key]), f"frozen {key} changed"
         assert not torch.equal(a[key], own_init[key]), f"{key}: A's unit equals the cell's own init"
-    for key in model_params() - frozen:
+    for key in copied - frozen:
+        assert torch.equal(start[key], a[key]), f"{key} was not copied from A"
+        assert not torch.equal(a[key], b[key]), f"{key}: the bias of a kernel-frozen unit must train"
+    for key in model_params() - copied:
         assert not torch.equal(start[key], b[key]), f"{key} did not train on B"
         assert not torch.equal(a[key], b[key]), f"{key} equals A's: it was copied but should not have been"
+    result = read_result(cfg.run_dir)
+    assert result is not None
+    assert result["transfer"]["freeze"] == "kernel" and result["transfer"]["frozen_tensors"] == 3
 
 
 def test_reverse_freezes_from_the_end(tmp_path: Path, base_a: Path) -> None:
@@ -99,7 +112,7 @@ def test_reverse_freezes_from_the_end(tmp_path: Path, base_a: Path) -> None:
     train_cell(cfg)
     a, b = weights(base_a), weights(Path(cfg.run_dir))
     units = unit_keys("convnext_demo", "depthwise")
-    assert all(torch.equal(a[k], b[k]) for unit in units[3:] for k in unit)
+    assert all(torch.equal(a[k], b[k]) for unit in units[3:] for k in kernels(unit))
     for key in (k for unit in units[:3] for k in unit):
         assert not torch.equal(start[key], a[key]), f"{key} was copied from A but lies before the reversed units"
         assert not torch.equal(start[key], b[key]), f"{key} did not train"
@@ -127,7 +140,7 @@ def test_random_frozen_control_keeps_the_cells_own_init(tmp_path: Path) -> None:
     train_cell(cfg)
     b = weights(Path(cfg.run_dir))
     units = unit_keys("convnext_demo", "both")
-    frozen = {k for unit in units[:3] for k in unit}
+    frozen = kernels({k for unit in units[:3] for k in unit})
     assert {"stages.0.blocks.0.conv_dw.weight", "stages.0.blocks.0.mlp.fc2.weight"} <= frozen
     for key in frozen:
         assert torch.equal(b[key], start[key]) and torch.equal(b[key], scratch_init[key]), key
@@ -198,7 +211,7 @@ def test_optimizer_holds_no_frozen_parameter(base_a: Path) -> None:
     optimizer, _ = module.configure_optimizers_plain(10)
     in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
     frozen = [p for p in module.model.parameters() if not p.requires_grad]
-    assert len(frozen) == 10  # 5 depthwise convs x (weight, bias)
+    assert len(frozen) == 5  # 5 depthwise kernels (freeze: kernel); their biases train
     assert not in_optimizer & {id(p) for p in frozen}
     assert in_optimizer == {id(p) for p in module.model.parameters() if p.requires_grad}
     assert module.frozen_parameters() == sum(p.numel() for p in frozen)

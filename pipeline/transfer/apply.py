@@ -11,6 +11,13 @@ units start is an *init mode*, one entry of :data:`INITS`:
   permutation per layer, applied to every per-channel tensor of that layer: weight rows, bias, norm statistics):
   the same filter bank, broken channel correspondence.
 
+What a *frozen* unit fixes is :data:`FREEZES` (``transfer.freeze``). The default, ``kernel``, is the authors'
+protocol (their published helper freezes the parameters named ``dwconv.weight`` / ``conv_dw.weight`` and nothing
+else): a frozen depthwise, pointwise or ``both`` unit fixes each layer's weight tensor, its kernel, while the layer's
+bias keeps training, as do every norm and every layer outside the unit. ``kernel_and_bias`` also fixes the biases.
+Block units (Yosinski's protocol for conventional CNNs) freeze the whole block under either value: every parameter
+of every layer in it, BatchNorm statistics included, since a block's "kernel" is all of it.
+
 Which source unit and which channels feed each target unit when A's architecture differs is the mapping policy of
 :mod:`pipeline.transfer.mapping`. No mode draws from the global random stream, so a depth-0 transfer trains exactly like
 a from-scratch run with the same seed.
@@ -34,6 +41,7 @@ from pipeline.transfer.mapping import MappingPolicy, map_tensor, mapping_table
 
 DIRECTIONS = ("first", "last")
 MODES = ("frozen", "finetune")
+FREEZES = ("kernel", "kernel_and_bias")  # what a frozen unit fixes; block units: the whole block under both
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,7 @@ class TransferSpec:
     direction: str = "first"
     mode: str = "frozen"
     init: str = "copy"  # a key of INITS
-    freeze: str = "kernel"  # what a frozen depthwise unit freezes: kernel | kernel_and_bias
+    freeze: str = "kernel"  # what a frozen unit fixes: kernel (weights only) | kernel_and_bias; blocks: all
     mapping: Any = None  # None: same architecture only; else a MappingPolicy (or its dict from the config)
     seed: int | None = None  # the cell's seed (shuffle); None: torch.initial_seed(), set by seed_everything(seed)
 
@@ -64,6 +72,9 @@ class TransferSpec:
             raise UserError(f"unknown transfer.mode {self.mode!r}; use one of {', '.join(MODES)}")
         if self.depth < 0:
             raise UserError(f"transfer.depth must be >= 0, got {self.depth}")
+        if self.freeze not in FREEZES:
+            raise UserError(f"unknown transfer.freeze {self.freeze!r}; use one of {', '.join(FREEZES)} (kernel: "
+                            "only the units' weights, the authors' protocol; kernel_and_bias: their biases too)")
         if self.init not in INITS:
             raise UserError(f"unknown transfer.init {self.init!r}; use one of {', '.join(INITS)}")
         if not self.base and self.init != "random":
@@ -93,6 +104,7 @@ class AppliedTransfer:
     units: list[int] = field(default_factory=list)  # 1-based indices of the target's units that were copied
     copied: list[str] = field(default_factory=list)  # state_dict keys copied from A
     frozen_norms: list[str] = field(default_factory=list)  # BatchNorm modules kept in eval mode
+    frozen: list[str] = field(default_factory=list)  # parameter names given requires_grad=False
 
     mapped: list[dict[str, Any]] = field(default_factory=list)  # cross-arch: the mapping table's rows
 
@@ -100,6 +112,7 @@ class AppliedTransfer:
         spec = asdict(self.spec)
         spec.pop("seed", None)
         return {**spec, "base_arch": self.base_arch, "units": self.units, "copied_tensors": len(self.copied),
+                "frozen_tensors": len(self.frozen),
                 **({"mapped_units": self.mapped} if self.mapped else {})}
 
 
@@ -219,8 +232,23 @@ def apply_transfer(model: nn.Module, arch: str, spec: TransferSpec) -> AppliedTr
         if spec.mode == "frozen":
             for name in unit.modules:
                 module = modules[name]
-                for p in module.parameters(recurse=False):
-                    p.requires_grad_(False)
-                if isinstance(module, _BatchNorm):
+                for pname in frozen_parameter_names(module, spec.unit_kind, spec.freeze):
+                    getattr(module, pname).requires_grad_(False)
+                    applied.frozen.append(f"{name}.{pname}" if name else pname)
+                if isinstance(module, _BatchNorm) and spec.unit_kind == "block":
                     applied.frozen_norms.append(name)
     return applied
+
+
+def frozen_parameter_names(module: nn.Module, unit_kind: str, freeze: str) -> list[str]:
+    """The direct parameters of one module of a frozen unit that ``freeze`` fixes (see :data:`FREEZES`).
+
+    Block units fix everything (a conventional block has no kernel/bias split worth keeping: Yosinski et al. froze
+    whole layers). Other units fix only each layer's ``weight`` under ``kernel`` (the authors' protocol: the
+    kernels are what is claimed to transfer, a bias is a per-channel offset the target may re-learn), plus every
+    other direct parameter (the bias) under ``kernel_and_bias``.
+    """
+    names = [n for n, _ in module.named_parameters(recurse=False)]
+    if unit_kind == "block" or freeze == "kernel_and_bias":
+        return names
+    return [n for n in names if n == "weight"]
