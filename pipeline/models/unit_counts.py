@@ -7,13 +7,21 @@ that rebuilds every entry. An arch missing from the table is built once (meta de
 
 ``both`` pairs each depthwise unit with its block's pointwise layers, so it has exactly as many units as
 ``depthwise``.
+
+The table also holds each kind's **stage sizes** (``"stages": {kind: [3, 3, 9, 3]}``: how many consecutive units
+of the kind each stage of the network holds, in forward order), which an adaptive depth grid starts from
+(``start: stages`` in :mod:`launch.adaptive`). A unit's stage is read from its first module's name: ``stages.N``
+(ConvNeXt, HorNet), ``blocks.N`` (MobileNetV3's stages) or ``layerN`` (ResNet); a unit outside every stage (the
+stem of ``block`` units) is a stage of its own.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 TABLE = Path(__file__).with_name("unit_counts.json")
 KINDS = ("depthwise", "pointwise", "both", "block")
@@ -23,8 +31,11 @@ CATALOG_ARCHS = ("convnext_demo", "resnet_demo", "hornet_demo", "convnext_tiny",
                  "resnet152")
 
 
+_STAGE = re.compile(r"(?:^|\.)(?:(?:stages|blocks)\.(\d+)|layer(\d+))(?:\.|$)")
+
+
 @functools.cache
-def load_table() -> dict[str, dict[str, int]]:
+def load_table() -> dict[str, dict[str, Any]]:
     return json.loads(TABLE.read_text()) if TABLE.is_file() else {}
 
 
@@ -42,8 +53,37 @@ def unit_count(arch: str, unit_kind: str) -> int:
     return count_units(arch, unit_kind)
 
 
-def count_units(arch: str, unit_kind: str) -> int:
-    """Build ``arch`` (meta device: shapes only, no memory, no init) and count its units of ``unit_kind``."""
+@functools.cache
+def unit_stages(arch: str, unit_kind: str) -> list[int]:
+    """Stage sizes of ``arch``'s ``unit_kind`` units (they sum to its unit count): from the table, else counted."""
+    entry = load_table().get(arch)
+    if entry is not None and unit_kind in entry:
+        return list((entry.get("stages") or {}).get(unit_kind) or [])
+    return stage_sizes(_unit_names(arch, unit_kind))
+
+
+def stage_of(module: str) -> str | None:
+    """The stage a module belongs to, from its name (``stages.2.blocks.0.conv_dw`` -> "2"); None outside stages."""
+    match = _STAGE.search(module)
+    return None if match is None else (match.group(1) or match.group(2))
+
+
+def stage_sizes(first_modules: list[str]) -> list[int]:
+    """Units in forward order (each named by its first module) -> the lengths of the runs of one stage."""
+    sizes: list[int] = []
+    previous: object = object()
+    for name in first_modules:
+        stage = stage_of(name)
+        if sizes and stage == previous and stage is not None:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+        previous = stage
+    return sizes
+
+
+def _unit_names(arch: str, unit_kind: str) -> list[str]:
+    """Build ``arch`` (meta device: shapes only, no memory, no init); each unit of ``unit_kind`` by its first module."""
     import torch
 
     from pipeline.models.layer_plan import UNIT_KINDS, plan_units
@@ -55,21 +95,33 @@ def count_units(arch: str, unit_kind: str) -> int:
             model = create_model(arch, num_classes=2)
     except (NotImplementedError, RuntimeError):  # an architecture that cannot be built without real tensors
         model = create_model(arch, num_classes=2)
-    return len(plan_units(model, kind))
+    return [unit.modules[0] for unit in plan_units(model, kind)]
 
 
-def generate_table(archs: tuple[str, ...] = CATALOG_ARCHS) -> dict[str, dict[str, int]]:
-    """Count every kind of every arch from its layer plan; a kind the arch cannot plan (no block groups) is left out."""
+def count_units(arch: str, unit_kind: str) -> int:
+    """Build ``arch`` (meta device) and count its units of ``unit_kind``."""
+    return len(_unit_names(arch, unit_kind))
+
+
+def generate_table(archs: tuple[str, ...] = CATALOG_ARCHS) -> dict[str, dict[str, Any]]:
+    """Count every kind of every arch from its layer plan, with its stage sizes; a kind the arch cannot plan (no
+    block groups) is left out, and a kind with no units has no stages."""
     from datamodules.errors import UserError
 
-    table: dict[str, dict[str, int]] = {}
+    table: dict[str, dict[str, Any]] = {}
     for arch in archs:
         table[arch] = {}
+        stages: dict[str, list[int]] = {}
         for kind in KINDS:
             try:
-                table[arch][kind] = count_units(arch, kind)
+                names = _unit_names(arch, kind)
             except UserError:
                 continue
+            table[arch][kind] = len(names)
+            if names:
+                stages[kind] = stage_sizes(names)
+        if stages:
+            table[arch]["stages"] = stages
     return table
 
 
