@@ -72,6 +72,12 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
     return print_status(args.target, only=args.only, limit=args.limit)
 
 
+def cmd_sweep_advance(args: argparse.Namespace) -> int:
+    from launch.adaptive import advance_sweep
+
+    return advance_sweep(args.target)
+
+
 def cmd_sweep_cancel(args: argparse.Namespace) -> int:
     from launch.executors import executors_used
     from launch.sweep import resolve_plan
@@ -122,6 +128,13 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
 
     bench_sweep(seeds=args.seeds, arch=args.arch, profile=args.profile, profiles_file=args.profiles,
                 submit=not args.no_submit, out_json=args.json, console=console)
+    return 0
+
+
+def cmd_bench_adaptive(args: argparse.Namespace) -> int:
+    from launch.adaptive import catalog_costs
+
+    catalog_costs(console=console)
     return 0
 
 
@@ -204,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="list only cells in these states (the counts always cover every cell)")
     s.add_argument("--limit", type=int, default=200, help="list at most this many cells (default 200; 0 = all)")
     s.set_defaults(func=cmd_sweep_status)
+    s = sweep.add_parser("advance", help="adaptive depths: plan and submit the next round (the Slurm planner job)",
+                         description="Refines every curve whose cells have finished (docs/adaptive.md), submits "
+                                     "the new cells and a planner job after them. Run by Slurm after each round.")
+    s.add_argument("target", help="sweep output directory (holds adaptive.json)")
+    s.set_defaults(func=cmd_sweep_advance)
     s = sweep.add_parser("cancel", help="stop every cell of the sweep (scancel its Slurm arrays, stop local cells)")
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.set_defaults(func=cmd_sweep_cancel)
@@ -253,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-submit", action="store_true", help="only plan (no Slurm needed)")
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_sweep)
+
+    s = bench.add_parser("adaptive", help="the catalog's cost: depths as written, all, adaptive start grid, worst case")
+    s.set_defaults(func=cmd_bench_adaptive)
 
     s = bench.add_parser("cli", help="login-node commands (help, sweep plan/status/cancel) vs `import torch`",
                          description="Times `mkf --help`, `mkf sweep plan` and `mkf sweep status` of a "
