@@ -1,4 +1,5 @@
-"""`mkf sweep sync`: upload the offline W&B runs of every cell once the user is back online."""
+"""`mkf sweep sync`: upload the offline W&B runs of every cell once the user is back online (and save the sweep's
+dashboard if an offline `mkf sweep dashboard` left it pending); the report's W&B run (:func:`log_report`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ from pipeline.results.run_folder import offline_wandb_runs
 if TYPE_CHECKING:
     from launch.sweep import SweepPlan
 
+# what the report run holds (read by the sweep's dashboard, launch/dashboard.py): the figure, the per-cell table,
+# and one table per CSV the report writes besides results.csv (pipeline/results: summary.csv; retention.csv or
+# matrix.csv for those kinds), named by the file's stem (launch/report.py)
+REPORT_FIGURE_KEY = "figure"
+REPORT_RESULTS_KEY = "results"
+REPORT_TABLES = {"depth_curve": ("summary",), "retention": ("summary", "retention"), "matrix": ("summary", "matrix")}
+
+
+def report_table_keys(kind: str) -> tuple[str, ...]:
+    return REPORT_TABLES.get(kind, ("summary",))
+
 
 def offline_runs(plan: SweepPlan) -> list[Path]:
     """Every cell's offline run directory (one per cell: restarts continue the same run id), and the report's."""
@@ -23,20 +35,34 @@ def offline_runs(plan: SweepPlan) -> list[Path]:
 
 
 def sync_sweep(plan: SweepPlan, dry_run: bool = False, console: Console | None = None) -> int:
+    """Upload the offline runs with `wandb sync`, then save the dashboard left pending (the runs it shows exist)."""
     console = console or Console()
     runs = offline_runs(plan)
     if not runs:
         console.print(f"no offline W&B runs under {plan.output_dir}/cells (was wandb.enabled set?)")
-        return 0
     for run in runs:
         console.print(f"{'would sync' if dry_run else 'syncing'} {run}")
     if dry_run:
+        _print_pending(plan.output_dir, console)
         return 0
     # wandb's own CLI does the upload (auth, retries, resume of the same run id)
-    return subprocess.run([sys.executable, "-m", "wandb", "sync", *map(str, runs)]).returncode
+    code = subprocess.run([sys.executable, "-m", "wandb", "sync", *map(str, runs)]).returncode if runs else 0
+    if code == 0:
+        from launch.dashboard import save_pending
+
+        save_pending(plan.output_dir, console)
+    return code
 
 
-def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: str = "figure3",
+def _print_pending(sweep_dir: Path, console: Console) -> None:
+    from launch.dashboard import read_record
+
+    for entry in read_record(sweep_dir):
+        if entry["status"] == "pending":
+            console.print(f"would save the pending W&B workspace {entry['name']!r} ({entry['project']})")
+
+
+def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: str = REPORT_FIGURE_KEY,
                summary: list[dict[str, Any]] | None = None,
                tables: dict[str, list[dict[str, Any]]] | None = None) -> str | None:
     """Log the report figure (under ``key``) and the results table to W&B when the sweep's cells log there; returns
@@ -63,7 +89,7 @@ def log_report(sweep_dir: Path, figure: Path, rows: list[dict[str, Any]], key: s
                      mode=wandb_mode(w), dir=str(sweep_dir))  # type: ignore[arg-type]
     columns = sorted({k for r in rows for k in r})
     logged = {key: wandb.Image(str(figure)),
-              "results": wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
+              REPORT_RESULTS_KEY: wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])}
     for name, table in {"summary": summary or [], **(tables or {})}.items():
         if table:
             names = list(table[0])
