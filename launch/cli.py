@@ -99,6 +99,14 @@ def cmd_sweep_sync(args: argparse.Namespace) -> int:
     return sync_sweep(resolve_plan(args.target), dry_run=args.dry_run, console=console)
 
 
+def cmd_sweep_dashboard(args: argparse.Namespace) -> int:
+    from launch.dashboard import make_dashboard
+    from launch.sweep import resolve_plan
+
+    make_dashboard(resolve_plan(args.target), dry_run=args.dry_run, console=console)
+    return 0
+
+
 # ---- mkf report ---------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     from launch.report import report
@@ -229,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.add_argument("--dry-run", action="store_true", help="list the offline runs, upload nothing")
     s.set_defaults(func=cmd_sweep_sync)
+    s = sweep.add_parser(
+        "dashboard", help="build the sweep's W&B workspace (figure, training health, filter grids) and save it",
+        description="Builds the sweep's W&B workspace with wandb-workspaces (pip install "
+                    "'masterkey-filters[dashboard]'): a section for the figure of the sweep's kind (the report's "
+                    "figure and tables: relative top-1 by depth per arch and variant; each cell's top-1 by depth), "
+                    "one for training health (loss, top-1, learning rates, images/s, data-wait share, memory, "
+                    "step and epoch time) and one for the DS-CNN cells' filter grids and DoG-fit shares. The "
+                    "runset is the sweep's W&B group, grouped by arch and variant; one workspace per W&B project "
+                    "the cells log to. Online (an API key, WANDB_MODE not offline) it is saved and its URL "
+                    "printed; offline it prints what it would create and keeps it pending in DIR/dashboard.json, "
+                    "saved by the next online `mkf sweep dashboard` or by `mkf sweep sync`. Re-running updates "
+                    "the same view.")
+    s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.add_argument("--dry-run", action="store_true", help="print the workspace, save and write nothing")
+    s.set_defaults(func=cmd_sweep_dashboard)
 
     s = sub.add_parser("report", help="results.csv, summary.csv and the figure of the sweep's kind (PNG + PDF)",
                        description="Collects every finished cell: results.csv (one row per cell), summary.csv "
