@@ -1,10 +1,19 @@
 """`mkf report`: a sweep's tables and figure (:mod:`pipeline.results.report`), the relative top-1 table on the
 terminal, and the figure and tables logged to the sweep's W&B group when a W&B run exists for it.
+
+Every report leaves ``report.json`` beside its files: when it was written and which cells it drew. On Slurm the
+report is a stage of its own (report jobs ``afterany`` the arrays, see launch/slurm_executor.py), so
+`mkf sweep status` compares that list with the cells finished now (:func:`report_state`) to say whether the
+report on disk is current or which cells it is missing.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -16,6 +25,7 @@ def report(sweep_dir: str | Path, partial: bool = False) -> list[Path]:
     from pipeline.results.report import write_report
 
     rows, files = write_report(sweep_dir, partial=partial)
+    write_report_state(Path(sweep_dir), rows, partial)
     table = Table(title=f"relative top-1 ({sweep_dir})")
     for col in ("arch", "variant", "source->target", "depth", "seed", "top-1", "reference", "relative"):
         table.add_column(col, justify="right" if col not in ("arch", "variant", "source->target") else "left")
@@ -45,3 +55,61 @@ def report(sweep_dir: str | Path, partial: bool = False) -> list[Path]:
     if logged:
         console.print(f"logged the figure to W&B ({logged})")
     return files
+
+
+REPORT_STATE = "report.json"
+
+
+def write_report_state(sweep_dir: Path, rows: list[dict[str, Any]], partial: bool) -> None:
+    """Record what this report drew (written after its files, atomically)."""
+    state = {"time": time.time(), "partial": partial, "cells": sorted({str(r["cell_id"]) for r in rows}),
+             "job": os.environ.get("SLURM_JOB_ID")}
+    tmp = sweep_dir / f".{REPORT_STATE}.tmp"
+    tmp.write_text(json.dumps(state) + "\n")
+    os.replace(tmp, sweep_dir / REPORT_STATE)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def report_state(plan: Any) -> list[str]:
+    """Lines for `mkf sweep status`: is the report current (it drew every cell finished now), which report jobs
+    are queued. Files only (no Slurm call, no torch): one stat per cell."""
+    from pipeline.results.run_folder import RESULT_FILE
+
+    root = Path(plan.output_dir)
+    finished = {c.id for c in plan.cells if os.path.isfile(os.path.join(c.run_dir, RESULT_FILE))}
+    lines = []
+    try:
+        state = json.loads((root / REPORT_STATE).read_text())
+    except (OSError, ValueError):
+        state = None
+    if state is None:
+        lines.append(f"report: none yet ({len(finished)} of {len(plan.cells)} cells finished); "
+                     f"`mkf report {root} --partial` draws them")
+    else:
+        drawn = set(state.get("cells") or [])
+        new = finished - drawn
+        when = _ago(time.time() - float(state.get("time") or 0))
+        if not new:
+            complete = len(finished) == len(plan.cells)
+            lines.append(f"report: current ({len(drawn)} of {len(plan.cells)} cells, written {when}"
+                         + ("" if complete else ", partial") + ")")
+        else:
+            lines.append(f"report: stale, {len(new)} cells finished since it was written ({when}, {len(drawn)} "
+                         f"drawn); `mkf report {root} --partial` refreshes it")
+    try:
+        jobs = json.loads((root / "slurm" / "stages.json").read_text()).get("reports") or []
+    except (OSError, ValueError):
+        jobs = []
+    written = float(state.get("time") or 0) if state else 0.0
+    waiting = [j for j in jobs if float(j.get("submitted") or 0) > written]
+    if waiting:
+        lines.append("report jobs submitted since: " + ", ".join(f"{j['job_id']} (after {j['scope']})"
+                                                                   for j in waiting))
+    return lines

@@ -29,14 +29,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from datamodules.errors import UserError
 from launch.executor_base import Executor, ExecutorView, SweepOutcome
-from launch.slurm_profiles import SlurmProfile, load_profiles, pick_profile, profile_for_stage
+from launch.slurm_profiles import (
+    SlurmProfile,
+    load_profiles,
+    pick_profile,
+    profile_for_cpu_stage,
+    profile_for_stage,
+)
 from launch.sweep import STAGES, Cell, SweepPlan
+
+if TYPE_CHECKING:
+    from launch.prepare import PrepareJob
 
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
                  "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING"}
@@ -224,9 +233,14 @@ class ArraySubmission:
     after: list[str] = field(default_factory=list)  # their array task ids (``123_4``), afterok
     extra: list[str] = field(default_factory=list)  # more sbatch options (e.g. --hold)
     job_id: str | None = None
+    bundles: list[list[Cell]] = field(default_factory=list)  # array task i trains bundles[i] (default: a cell each)
+
+    def __post_init__(self) -> None:
+        if not self.bundles:
+            self.bundles = [[c] for c in self.cells]
 
     def command(self, sweep: str, log_dir: Path) -> list[str]:
-        array = f"0-{len(self.cells) - 1}" + (f"%{self.profile.array_throttle}" if self.profile.array_throttle else "")
+        array = f"0-{len(self.bundles) - 1}" + (f"%{self.profile.array_throttle}" if self.profile.array_throttle else "")
         cmd = ["sbatch", "--parsable", f"--job-name=mkf-{_comment_safe(sweep)}-{self.stage}", f"--array={array}",
                f"--output={log_dir.absolute() / '%A_%a.out'}", "--open-mode=append", f"--chdir={Path.cwd()}",
                *self.profile.sbatch_options()]
@@ -239,23 +253,130 @@ class ArraySubmission:
 def render_script(plan: SweepPlan, sub: ArraySubmission) -> str:
     """The array's batch script; every value that came from a config is shell-quoted."""
     p = sub.profile
-    env = {"WANDB_MODE": p.wandb_mode, **p.env}
     return _ScriptTemplate(read_template()).substitute(
         sweep=_comment_safe(plan.name), stage=sub.stage, profile=_comment_safe(sub.profile_name),
         cells_file=shlex.quote(str(sub.cells_file.absolute())),
-        setup="\n".join(p.setup),
-        env="\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items() if re.match(r"^[A-Z_][A-Z0-9_]*$", k)),
+        cell_logs=_dquote(str(cell_log_dir(plan).absolute())),
+        setup="\n".join(p.setup), env=_env_lines(p),
         max_restarts=int(p.max_restarts), python=shlex.quote(p.python or sys.executable), nodes=int(p.nodes),
         devices=int(p.devices), accelerator=shlex.quote(p.accelerator),
         checkpoint_every_s=int(p.checkpoint_every_min * 60), preempt_check_steps=int(p.preempt_check_steps),
     )
 
 
-def read_template() -> str:
-    """The batch script template, shipped as package data (works from a checkout and from `pip install .`)."""
+def _env_lines(p: SlurmProfile) -> str:
+    env = {"WANDB_MODE": p.wandb_mode, **p.env}
+    return "\n".join(f"export {k}={shlex.quote(str(v))}" for k, v in env.items() if re.match(r"^[A-Z_][A-Z0-9_]*$", k))
+
+
+def _dquote(text: str) -> str:
+    """A path for inside a bash double-quoted string (the cell id is appended there)."""
+    return re.sub(r'([\\"$`])', r"\\\1", text)
+
+
+def cell_log_dir(plan: SweepPlan) -> Path:
+    """Where each cell's own log lives on Slurm: beside the local executor's (``OUTPUT/logs/<cell id>.log``)."""
+    return plan.output_dir / "logs"
+
+
+def read_template(name: str = "cell_array.sbatch") -> str:
+    """A batch script template, shipped as package data (works from a checkout and from `pip install .`)."""
     from importlib.resources import files
 
-    return files("slurm").joinpath("templates", "cell_array.sbatch").read_text()
+    return files("slurm").joinpath("templates", name).read_text()
+
+
+# ---- bundles: several short cells per array task ---------------------------------------------------------------
+def cell_seconds(plan: SweepPlan, cells: Sequence[Cell]) -> dict[str, float]:
+    """Each cell's estimated training time (launch.cost, the table's GPU); cells the table cannot price are absent."""
+    from launch.cost import cell_gpu_hours, load_costs
+
+    table = load_costs()
+    gpu = str(table.get("gpu", "a100"))
+    per_template: dict[str, float | None] = {}
+    out: dict[str, float] = {}
+    for cell in cells:
+        key = cell.template if cell.template is not None and cell.template in plan.templates else None
+        if key is not None and key in per_template:
+            hours = per_template[key]
+        else:
+            config = plan.templates[key] if key is not None else plan.configs[cell.id]
+            hours, _ = cell_gpu_hours(config, table, gpu)
+            if key is not None:
+                per_template[key] = hours
+        if hours is not None:
+            out[cell.id] = hours * 3600
+    return out
+
+
+def pack_bundles(cells: Sequence[Cell], seconds: dict[str, float], target_s: float | None) -> list[list[Cell]]:
+    """Cells in order, packed greedily into bundles whose estimated time stays within ``target_s``: K equal cells
+    of estimate t make bundles of K = floor(target / t). A cell the table cannot price, or one at least as long
+    as the target, runs alone; so does every cell without a target."""
+    if not target_s:
+        return [[c] for c in cells]
+    bundles: list[list[Cell]] = []
+    current: list[Cell] = []
+    used = 0.0
+    for cell in cells:
+        t = seconds.get(cell.id)
+        if t is None or t >= target_s:
+            bundles.append([cell])
+            continue
+        if current and used + t > target_s * (1 + 1e-9):
+            bundles.append(current)
+            current, used = [], 0.0
+        current.append(cell)
+        used += t
+    if current:
+        bundles.append(current)
+    return bundles
+
+
+# ---- the CPU stages: data preparation before the bases, reports after the cells ---------------------------------
+@dataclass
+class StageBook:
+    """``OUTPUT/slurm/stages.json``: the prepare jobs (by output folder) and the report jobs submitted."""
+
+    path: Path
+    prepare: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, output_dir: Path) -> StageBook:
+        path = output_dir / "slurm" / "stages.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        return cls(path, dict(data.get("prepare") or {}), list(data.get("reports") or []))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name("stages.json.tmp")
+        tmp.write_text(json.dumps({"prepare": self.prepare, "reports": self.reports}, indent=1) + "\n")
+        tmp.replace(self.path)
+
+    def job_ids(self) -> list[str]:
+        return [e["job_id"] for e in self.prepare.values()] + [e["job_id"] for e in self.reports]
+
+
+def query_plain_jobs(job_ids: Sequence[str]) -> dict[str, str]:
+    """Slurm's state of plain (non-array) jobs by id; purged ones are absent."""
+    if not job_ids:
+        return {}
+    proc = run_slurm(["scontrol", "show", "job", "--oneliner"], check=False)
+    wanted, out = set(job_ids), {}
+    for line in proc.stdout.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        if fields.get("JobId") in wanted and "ArrayJobId" not in fields:
+            out[fields["JobId"]] = fields.get("JobState", "UNKNOWN")
+    return out
+
+
+def prepare_pseudo_id(job: PrepareJob) -> str:
+    """How a write appears among the ids a cell array waits for (beside base cell ids)."""
+    return f"prepare:{job.key}"
 
 
 class SlurmExecutor(Executor):
@@ -265,7 +386,8 @@ class SlurmExecutor(Executor):
 
     def __init__(self, profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False,
                  sweep_slurm: dict[str, Any] | None = None, console: Console | None = None, hold: bool = False,
-                 limits: ClusterLimits | None = None, **_: Any) -> None:
+                 limits: ClusterLimits | None = None, prepare: Sequence[PrepareJob] | None = None,
+                 reports: bool = True, **_: Any) -> None:
         self.profiles = load_profiles(profiles_file)
         self.default_profile = profile
         self.dry_run = dry_run
@@ -274,12 +396,15 @@ class SlurmExecutor(Executor):
         self.sbatch_calls = 0
         self.hold = hold  # submit held (`--hold`): Slurm accepts and queues the arrays, runs nothing
         self.limits: ClusterLimits | None = limits  # None: read from the cluster when submitting
+        self.prepare = list(prepare or [])  # the sweep's writes (launch.prepare.prepare_jobs), checked already
+        self.reports = reports  # submit the report jobs (afterany) after the cells
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SlurmExecutor:
         return cls(profile=options.get("profile"), profiles_file=options.get("profiles_file"),
                    dry_run=bool(options.get("dry_run")), sweep_slurm=options.get("sweep_slurm"),
-                   hold=bool(options.get("hold")))
+                   hold=bool(options.get("hold")), prepare=options.get("prepare"),
+                   reports=options.get("reports", True) is not False)
 
     @classmethod
     def used_by(cls, plan: SweepPlan) -> bool:
@@ -311,19 +436,25 @@ class SlurmExecutor(Executor):
         return [c for c in cells if c.id not in active], active
 
     def plan_arrays(self, plan: SweepPlan, cells: Sequence[Cell], active: dict[str, str],
-                    max_array_tasks: int = 1000) -> list[ArraySubmission]:
+                    max_array_tasks: int = 1000, prepared: dict[str, str] | None = None) -> list[ArraySubmission]:
         """One array per (stage, profile, unfinished cells waited for), each split into arrays of at most
-        ``max_array_tasks`` cells (MaxArraySize). A finished dependency needs no waiting; a queued one
-        (``active``) or one of ``cells`` does. Base arrays come first, each group in plan order."""
+        ``max_array_tasks`` tasks (MaxArraySize). A finished dependency needs no waiting; a queued one
+        (``active``) or one of ``cells`` does. Base arrays come first, each group in plan order.
+
+        ``prepared``: dataset role -> the pseudo id of its pending write (:func:`prepare_pseudo_id`); a cell
+        training on that role waits for it too. Within a group, cells shorter than the profile's
+        ``task_length`` are packed into bundles (one array task each), so the limits count bundles."""
         slurm_dir = plan.output_dir / "slurm"
-        pending = {c.id for c in cells} | set(active)
+        prepared = prepared or {}
+        pending = {c.id for c in cells} | set(active) | set(prepared.values())
         order = {c.id: i for i, c in enumerate(plan.cells)}  # a group lists its bases in plan order (stable output)
         groups: dict[tuple[str, str, tuple[str, ...]], list[Cell]] = {}
         names: dict[str, str] = {}
         for cell in cells:
             if cell.stage not in names:
                 names[cell.stage] = profile_for_stage(self.sweep_slurm, cell.stage, self.default_profile)
-            deps = tuple(sorted((d for d in waits_for(cell) if d in pending), key=lambda d: (order.get(d, -1), d)))
+            needs = waits_for(cell) + ([prepared[cell.target]] if cell.target in prepared else [])
+            deps = tuple(sorted((d for d in needs if d in pending), key=lambda d: (order.get(d, -1), d)))
             groups.setdefault((cell.stage, names[cell.stage], deps), []).append(cell)
         subs: list[ArraySubmission] = []
         stamp = int(time.time() * 1000)
@@ -332,10 +463,14 @@ class SlurmExecutor(Executor):
                 if s != stage:
                     continue
                 profile = pick_profile(self.profiles, name, f"stage {stage}")
-                for start in range(0, len(group), max_array_tasks):
+                target = profile.task_length_s
+                bundles = pack_bundles(group, cell_seconds(plan, group) if target else {}, target)
+                for start in range(0, len(bundles), max_array_tasks):
                     tag = f"{stage}-{_comment_safe(name)}-{stamp}-{len(subs)}"
-                    subs.append(ArraySubmission(stage, name, profile, group[start:start + max_array_tasks],
-                                                slurm_dir / f"{tag}.sbatch", slurm_dir / f"{tag}.cells", deps))
+                    part = bundles[start:start + max_array_tasks]
+                    subs.append(ArraySubmission(stage, name, profile, [c for b in part for c in b],
+                                                slurm_dir / f"{tag}.sbatch", slurm_dir / f"{tag}.cells", deps,
+                                                bundles=part))
         return subs
 
     def _limits(self, cells: Sequence[Cell]) -> ClusterLimits:
@@ -352,38 +487,153 @@ class SlurmExecutor(Executor):
         for cid in active:
             self.console.print(f"left alone: {by_id[cid].label} is already queued/running as {active[cid]}")
         limits = self._limits(todo)
-        subs = self.plan_arrays(plan, todo, active, limits.max_array_tasks)
-        budget = limits.budget
-        book = JobBook.load(plan.output_dir)
-        tasks: dict[str, str] = dict(active)  # cell id -> the array task (``123_4``) that trains it
-        shown: set[tuple[str, str]] = set()  # (stage, profile) whose batch script the dry run printed
+        stages = StageBook.load(plan.output_dir)
+        tasks: dict[str, str] = dict(active)  # cell id (or a write's pseudo id) -> the job that makes it
         try:
-            for sub in subs:
-                # a cell whose dependency is neither finished nor queued waits for a later `mkf sweep run`
-                ready = sub.cells if all(d in tasks for d in sub.waits_for) else []
-                if budget is not None:
-                    ready = ready[:budget]
-                    budget -= len(ready)
-                for cell in sub.cells[len(ready):]:
-                    outcome.states[cell.id] = "deferred"
-                if not ready:
-                    continue
-                sub.cells = ready
-                sub.after = [tasks[d] for d in sub.waits_for]
-                self._submit(plan, sub, book, shown)
-                for i, cell in enumerate(sub.cells):
-                    tasks[cell.id] = f"{sub.job_id}_{i}"
-                    outcome.states[cell.id] = "submitted"
-        finally:  # jobs.json is written once (10,000 entries), and also when a later sbatch fails: the arrays
-            # already queued must be known to the next run, or it would submit them twice
-            if not self.dry_run and self.sbatch_calls:
-                book.save()
+            before = self.sbatch_calls
+            prepared = self._submit_prepare(plan, todo, stages, tasks)
+            subs = self.plan_arrays(plan, todo, active, limits.max_array_tasks, prepared)
+            budget = limits.budget
+            reserve = 2 if self.reports and subs else 0  # the report jobs count against the job cap too
+            if budget is not None:
+                budget = max(0, budget - (self.sbatch_calls - before) - reserve)
+            book = JobBook.load(plan.output_dir)
+            shown: set[tuple[str, str]] = set()  # (stage, profile) whose batch script the dry run printed
+            arrays: dict[str, list[str]] = {}  # stage -> the array ids submitted now (for the report jobs)
+            try:
+                for sub in subs:
+                    # a cell whose dependency is neither finished nor queued waits for a later `mkf sweep run`
+                    ready = sub.bundles if all(d in tasks for d in sub.waits_for) else []
+                    if budget is not None:
+                        ready = ready[:budget]
+                        budget -= len(ready)
+                    for bundle in sub.bundles[len(ready):]:
+                        for cell in bundle:
+                            outcome.states[cell.id] = "deferred"
+                    if not ready:
+                        continue
+                    sub.bundles = ready
+                    sub.cells = [c for b in ready for c in b]
+                    sub.after = [tasks[d] for d in sub.waits_for]
+                    self._submit(plan, sub, book, shown)
+                    arrays.setdefault(sub.stage, []).append(str(sub.job_id))
+                    for i, bundle in enumerate(sub.bundles):
+                        for cell in bundle:
+                            tasks[cell.id] = f"{sub.job_id}_{i}"
+                            outcome.states[cell.id] = "submitted"
+            finally:  # jobs.json is written once (10,000 entries), and also when a later sbatch fails: the
+                # arrays already queued must be known to the next run, or it would submit them twice
+                if not self.dry_run and self.sbatch_calls:
+                    book.save()
+            if self.reports:
+                self._submit_reports(plan, arrays, active, stages)
+        finally:
+            if not self.dry_run and (stages.prepare or stages.reports):
+                stages.save()
         deferred = sum(s == "deferred" for s in outcome.states.values())
         if deferred:
             cap = f"job cap {limits.max_submit_jobs} ({limits.source}), {limits.queued} already queued"
             self.console.print(f"{deferred} cells not submitted yet ({cap}, or their base cell is not queued); "
                                "run the same `mkf sweep run` again later to top up")
         return outcome
+
+    def _submit_prepare(self, plan: SweepPlan, cells: Sequence[Cell], stages: StageBook,
+                        tasks: dict[str, str]) -> dict[str, str]:
+        """One CPU job per pending write whose roles some of ``cells`` train on; a write still queued or running
+        from an earlier submission is waited for, not submitted again. Returns role -> the write's pseudo id
+        (``tasks`` maps that to its job id)."""
+        from launch.prepare import pending
+
+        roles_needed = {c.target for c in cells}
+        known = stages.prepare
+        states = query_plain_jobs([e["job_id"] for e in known.values()]) if known and not self.dry_run else {}
+        prepared: dict[str, str] = {}
+        for job in pending(self.prepare):
+            if not roles_needed & set(job.roles):
+                continue
+            pseudo = prepare_pseudo_id(job)
+            entry = known.get(job.key)
+            if entry and entry.get("fingerprint") == job.fingerprint and states.get(entry["job_id"]) in ACTIVE_STATES:
+                self.console.print(f"left alone: the write of {job.out} is already queued/running as {entry['job_id']}")
+                tasks[pseudo] = entry["job_id"]
+            else:
+                tasks[pseudo] = self._submit_prepare_job(plan, job, stages)
+            prepared.update({role: pseudo for role in job.roles})
+        for job in self.prepare:
+            if job.complete() and roles_needed & set(job.roles):
+                self.console.print(f"data for {', '.join(job.roles)}: {job.out} prepared already; no prepare job")
+        return prepared
+
+    def _cpu_job(self, plan: SweepPlan, stage: str, tag: str, template: str, after: list[str], kind: str,
+                 **values: str) -> str:
+        """sbatch one CPU job of a stage (prepare, report), or print it in a dry run; returns its job id."""
+        name, profile = profile_for_cpu_stage(self.profiles, self.sweep_slurm, stage, self.default_profile)
+        slurm_dir = plan.output_dir / "slurm"
+        script = slurm_dir / f"{tag}.sbatch"
+        body = _ScriptTemplate(read_template(template)).substitute(
+            sweep=_comment_safe(plan.name), profile=_comment_safe(name), setup="\n".join(profile.setup),
+            env=_env_lines(profile), python=shlex.quote(profile.python or sys.executable), **values)
+        # no --signal: these jobs have no handler for USR1 (its default action kills them); --requeue stays
+        # (a preempted write resumes where it stopped, a report is simply redone)
+        opts = [o for o in profile.sbatch_options() if not o.startswith("--signal")]
+        cmd = ["sbatch", "--parsable", f"--job-name=mkf-{_comment_safe(plan.name)}-{stage}",
+               f"--output={(slurm_dir / 'logs').absolute() / f'{tag}-%j.out'}", "--open-mode=append",
+               f"--chdir={Path.cwd()}", *opts]
+        if after:
+            cmd.append(f"--dependency={kind}:{':'.join(after)}")
+            if kind == "afterok":
+                cmd.append("--kill-on-invalid-dep=yes")
+        if self.hold:
+            cmd.append("--hold")
+        cmd.append(str(script))
+        if self.dry_run:
+            self.console.print(f"# {stage} job, profile {name}", markup=False, highlight=False, soft_wrap=True)
+            self.console.print(body, markup=False, highlight=False, soft_wrap=True)
+            self.console.print(shlex.join(cmd), markup=False, highlight=False, soft_wrap=True)
+            return f"<{tag}>"
+        (slurm_dir / "logs").mkdir(parents=True, exist_ok=True)
+        script.write_text(body)
+        job_id = run_slurm(cmd).stdout.strip().split(";")[0]
+        self.sbatch_calls += 1
+        return job_id
+
+    def _submit_prepare_job(self, plan: SweepPlan, job: PrepareJob, stages: StageBook) -> str:
+        slurm_dir = plan.output_dir / "slurm"
+        job_file = slurm_dir / f"prepare-{job.key}.json"
+        if not self.dry_run:
+            slurm_dir.mkdir(parents=True, exist_ok=True)
+            job_file.write_text(json.dumps(job.to_json(), indent=1) + "\n")
+        job_id = self._cpu_job(plan, "prepare", f"prepare-{job.key}", "prepare.sbatch", [], "afterok",
+                               roles=_comment_safe(",".join(job.roles)),
+                               job_file=shlex.quote(str(job_file.absolute())))
+        if not self.dry_run:
+            self.console.print(f"submitted prepare job {job_id}: {job.spec.source} -> {job.out} "
+                               f"(roles {', '.join(job.roles)})")
+            stages.prepare[job.key] = {"job_id": job_id, "out": str(job.out), "roles": job.roles,
+                                       "fingerprint": job.fingerprint, "submitted": time.time()}
+        return job_id
+
+    def _submit_reports(self, plan: SweepPlan, arrays: dict[str, list[str]], active: dict[str, str],
+                        stages: StageBook) -> None:
+        """The sweep's report jobs: one after the base arrays (partial) when transfer arrays follow, and one after
+        everything submitted or still queued (afterany: a failed cell leaves a gap, never a missing report)."""
+        if not arrays:
+            return
+        queued = sorted({task.split("_")[0] for task in active.values()})
+        everything = [*queued, *[a for stage in STAGES for a in arrays.get(stage, [])]]
+        scopes: list[tuple[str, list[str]]] = []
+        if arrays.get("base") and arrays.get("transfer"):
+            scopes.append(("base", [*arrays["base"]]))
+        scopes.append(("all", everything))
+        stamp = int(time.time() * 1000)
+        for scope, after in scopes:
+            what = "the base arrays" if scope == "base" else "every array of the sweep"
+            job_id = self._cpu_job(plan, "report", f"report-{scope}-{stamp}", "report.sbatch", after, "afterany",
+                                   scope=_comment_safe(what).replace("_", " "),
+                                   sweep_dir=shlex.quote(str(plan.output_dir.absolute())))
+            if not self.dry_run:
+                self.console.print(f"submitted report job {job_id} after {what} ({len(after)} arrays)")
+                stages.reports.append({"job_id": job_id, "scope": scope, "after": after, "submitted": time.time()})
 
     def _submit(self, plan: SweepPlan, sub: ArraySubmission, book: JobBook, shown: set[tuple[str, str]]) -> None:
         """sbatch one array (or, in a dry run, print it) and record its tasks; sets ``sub.job_id``."""
@@ -393,13 +643,18 @@ class SlurmExecutor(Executor):
         if not self.dry_run:
             sub.script.parent.mkdir(parents=True, exist_ok=True)
             log_dir.mkdir(parents=True, exist_ok=True)
-            sub.cells_file.write_text("".join(f"{c.id} {Path(c.config_path).absolute()}\n" for c in sub.cells))
+            cell_log_dir(plan).mkdir(parents=True, exist_ok=True)
+            sub.cells_file.write_text("".join(
+                f"{c.id}\t{i}\t{Path(c.run_dir).absolute()}\t{Path(c.config_path).absolute()}\n"
+                for i, bundle in enumerate(sub.bundles) for c in bundle))
             sub.script.write_text(render_script(plan, sub))
         cmd = sub.command(plan.name, log_dir)
         if self.dry_run:
             by_id = plan.by_id() if sub.waits_for else {}
-            waits = ", ".join(f"{task} ({by_id[d].label})" for d, task in zip(sub.waits_for, sub.after, strict=True))
-            self.console.print(f"# {sub.stage} array, profile {sub.profile_name}: {len(sub.cells)} cells; "
+            waits = ", ".join(f"{task} ({by_id[d].label if d in by_id else d})"
+                              for d, task in zip(sub.waits_for, sub.after, strict=True))
+            bundled = f" in {len(sub.bundles)} tasks" if len(sub.bundles) != len(sub.cells) else ""
+            self.console.print(f"# {sub.stage} array, profile {sub.profile_name}: {len(sub.cells)} cells{bundled}; "
                                + (f"waits for base tasks {waits}" if waits else "waits for nothing"),
                                markup=False, highlight=False, soft_wrap=True)
             if (sub.stage, sub.profile_name) in shown:  # arrays of one (stage, profile) differ by cells file only
@@ -413,18 +668,22 @@ class SlurmExecutor(Executor):
             return
         sub.job_id = run_slurm(cmd).stdout.strip().split(";")[0]
         self.sbatch_calls += 1
+        bundled = f" in {len(sub.bundles)} tasks (bundles)" if len(sub.bundles) != len(sub.cells) else ""
         self.console.print(f"submitted {sub.stage} array {sub.job_id} ({sub.profile_name}): {len(sub.cells)} cells"
-                           + (f", after base tasks {', '.join(sub.after)}" if sub.after else ""))
+                           + bundled + (f", after {', '.join(sub.after)}" if sub.after else ""))
         now = time.time()
-        for i, cell in enumerate(sub.cells):
-            book.cells[cell.id] = {"job_id": f"{sub.job_id}_{i}", "array": sub.job_id, "task": i, "stage": sub.stage,
-                                   "profile": sub.profile_name, "submitted": now}
+        for i, bundle in enumerate(sub.bundles):
+            for cell in bundle:
+                book.cells[cell.id] = {"job_id": f"{sub.job_id}_{i}", "array": sub.job_id, "task": i,
+                                       "stage": sub.stage, "profile": sub.profile_name, "submitted": now,
+                                       **({"bundle": len(bundle)} if len(bundle) > 1 else {})}
 
 
 def cancel_sweep(plan: SweepPlan) -> list[str]:
     """scancel every array of the sweep that Slurm still knows; returns the array ids cancelled."""
     book = JobBook.load(plan.output_dir)
     arrays = sorted({entry["array"] for entry in book.cells.values()})
-    if arrays:
-        run_slurm(["scancel", *arrays], check=False)
-    return arrays
+    others = StageBook.load(plan.output_dir).job_ids()  # prepare and report jobs
+    if arrays or others:
+        run_slurm(["scancel", *arrays, *others], check=False)
+    return arrays + others

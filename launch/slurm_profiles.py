@@ -42,6 +42,19 @@ class SlurmProfile:
     max_submit_jobs: int | None = None  # job cap per user when sacctmgr cannot tell (QOS/association MaxSubmitJobs)
     array_throttle: int | None = None  # run at most this many tasks of an array at once (--array=...%N)
     wandb_mode: str = "offline"  # compute nodes often have no internet; `mkf sweep sync` uploads later
+    # bundles: cells estimated (configs/costs.yaml) shorter than this run K = floor(task_length / estimate) to one
+    # array task, one after another (30min, 2h, 00:45:00); None: one cell per task
+    task_length: str | None = None
+
+    @property
+    def task_length_s(self) -> float | None:
+        return None if self.task_length is None else parse_duration(self.task_length)
+
+    def cpu_only(self) -> SlurmProfile:
+        """This profile without GPUs (a data-preparation or report job borrowing a stage's profile)."""
+        from dataclasses import replace
+
+        return replace(self, gpus_per_node=0, nodes=1, task_length=None)
 
     @property
     def devices(self) -> int:
@@ -64,6 +77,22 @@ class SlurmProfile:
         return opts + list(self.extra_sbatch)
 
 
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "hours": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30min``, ``90s``, ``2h``, ``1.5h``, or Slurm's ``[D-]HH:MM:SS`` / ``MM:SS`` -> seconds."""
+    text = str(text).strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([a-z]+)", text)
+    if match and match.group(2) in _UNITS:
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    match = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", text)
+    if match:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+    raise UserError(f"task_length {text!r} is not a duration; use e.g. 30min, 2h, 90s or 00:30:00")
+
+
 def _check(name: str, profile: SlurmProfile) -> None:
     for key in ("partition", "account", "qos", "time", "mem", "constraint"):
         value = getattr(profile, key)
@@ -76,6 +105,13 @@ def _check(name: str, profile: SlurmProfile) -> None:
         raise UserError(f"profile {name}: nodes >= 1, gpus_per_node >= 0 and max_restarts >= 0 are required")
     if profile.checkpoint_every_min < 0 or profile.preempt_check_steps < 1:
         raise UserError(f"profile {name}: checkpoint_every_min >= 0 and preempt_check_steps >= 1 are required")
+    if profile.task_length is not None:
+        try:
+            seconds = profile.task_length_s
+        except UserError as exc:
+            raise UserError(f"profile {name}: {exc}") from None
+        if not seconds or seconds <= 0:
+            raise UserError(f"profile {name}: task_length must be positive (or absent: one cell per task)")
     if profile.max_submit_jobs is not None and profile.max_submit_jobs < 1:
         raise UserError(f"profile {name}: max_submit_jobs must be >= 1 (or absent)")
 
@@ -103,3 +139,16 @@ def pick_profile(profiles: dict[str, SlurmProfile], name: str, where: str) -> Sl
 def profile_for_stage(sweep_slurm: dict[str, Any], stage: str, default: str | None) -> str:
     """The profile of a stage: the sweep's ``slurm.profiles.<stage>``, else ``--profile``, else 'default'."""
     return str((sweep_slurm.get("profiles") or {}).get(stage) or default or "default")
+
+
+def profile_for_cpu_stage(profiles: dict[str, SlurmProfile], sweep_slurm: dict[str, Any], stage: str,
+                          default: str | None) -> tuple[str, SlurmProfile]:
+    """A CPU stage's profile (``prepare``, ``report``): the sweep's ``slurm.profiles.<stage>``, else a profile of
+    that name in the profiles file, else the base stage's profile without its GPUs (same partition, account)."""
+    named = (sweep_slurm.get("profiles") or {}).get(stage)
+    if named:
+        return str(named), pick_profile(profiles, str(named), f"stage {stage}")
+    if stage in profiles:
+        return stage, profiles[stage]
+    base = profile_for_stage(sweep_slurm, "base", default)
+    return f"{base} (cpu)", pick_profile(profiles, base, f"stage {stage}").cpu_only()

@@ -158,6 +158,9 @@ def train_in_slurm(cfg: CellConfig, report: Any = print) -> int:
         signame = signal.Signals(handler.signum).name if handler.signum else "signal"  # type: ignore[attr-defined]
         if is_rank_zero():
             run_folder.record_attempt(run_dir, "preempted", signal=signame, **_details())
+            flag = os.environ.get("MKF_PREEMPT_FLAG")
+            if flag:  # tells the bundle loop of the batch script to stop here (the task is being requeued)
+                Path(flag).touch()
         requeued = handler.requeued  # type: ignore[attr-defined]
         report(f"mkf: {exc}; " + ("requeued" if requeued else "left to Slurm to requeue" if signame == "SIGTERM"
                                   else "not requeued"))

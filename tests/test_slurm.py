@@ -337,7 +337,8 @@ def test_hostile_names_are_quoted_and_dry_run_submits_nothing(tmp_path: Path, ca
     capsys.readouterr()
     assert main(["sweep", "run", str(sweep), "--executor", "slurm", "--profiles", str(profiles), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("sbatch --parsable") == 1 and "#!/bin/bash" in printed
+    # one base array, and its report job (afterany)
+    assert printed.count("--array=0-") == 1 and printed.count("sbatch --parsable") == 2 and "#!/bin/bash" in printed
     assert not Path(load_sweep(sweep).output_dir).exists(), "a dry run writes nothing"
     submit(sweep, profiles)
     wait_for(all_finished(sweep), 300, "the hostile-named cells")
@@ -412,9 +413,9 @@ def test_held_arrays_wait_for_their_base_tasks_and_a_stage_over_max_array_size_s
     capsys.readouterr()
     assert main(["sweep", "run", str(sweep), "--executor", "slurm", "--profiles", str(profiles), "--profile", "big",
                  "--dry-run"]) == 0
-    assert capsys.readouterr().out.count("sbatch --parsable") == 1 + len(groups) == 91
+    assert capsys.readouterr().out.count("--array=0-") == 1 + len(groups) == 91
     write_plan(plan)
-    executor = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True)
+    executor = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True, reports=False)
     try:
         outcome = executor.run(plan, plan.cells)
         assert executor.sbatch_calls == 1 + len(groups)
@@ -439,7 +440,7 @@ def test_held_arrays_wait_for_their_base_tasks_and_a_stage_over_max_array_size_s
     sweep = write_sweep(wide, seeds=list(range(1001)))  # 1,001 base cells (no variants: base B only)
     plan = plan_sweep(load_sweep(sweep))
     write_plan(plan)
-    executor = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True)
+    executor = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True, reports=False)
     try:
         executor.run(plan, plan.cells)
         book = JobBook.load(plan.output_dir).cells
@@ -461,7 +462,7 @@ def test_job_cap_submits_what_fits_and_a_rerun_tops_up(tmp_path: Path, capsys: p
     plan = plan_sweep(load_sweep(sweep))
     write_plan(plan)
     try:
-        first = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True)
+        first = SlurmExecutor(profile="big", profiles_file=str(profiles), hold=True, reports=False)
         outcome = first.run(plan, plan.cells)
         assert sum(s == "submitted" for s in outcome.states.values()) == 700
         assert sum(s == "deferred" for s in outcome.states.values()) == len(plan.cells) - 700
@@ -469,7 +470,7 @@ def test_job_cap_submits_what_fits_and_a_rerun_tops_up(tmp_path: Path, capsys: p
         (tmp_path / "roomy").mkdir()
         roomy = write_profiles(tmp_path / "roomy",
                                big={**yaml.safe_load(profiles.read_text())["big"], "max_submit_jobs": 50000})
-        second = SlurmExecutor(profile="big", profiles_file=str(roomy), hold=True)
+        second = SlurmExecutor(profile="big", profiles_file=str(roomy), hold=True, reports=False)
         outcome = second.run(plan, plan.cells)
         assert set(outcome.states.values()) == {"submitted"}
         assert len(JobBook.load(plan.output_dir).cells) == len(plan.cells)

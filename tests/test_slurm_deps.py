@@ -70,6 +70,8 @@ def _calls(log: Path) -> list[dict[str, Any]]:
     for line in log.read_text().splitlines():
         argv = json.loads(line)
         opts = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+        if "array" not in opts:  # a report (or prepare) job: tests/test_slurm_stages.py checks those
+            continue
         dep = opts.get("dependency", "")
         assert dep == "" or dep.startswith("afterok:"), dep
         cells_file = Path(argv[-1]).with_suffix(".cells")
@@ -128,9 +130,10 @@ def test_array_size_and_job_cap_cut_groups_but_never_change_a_cells_dependency(t
     plan = plan_sweep(load_sweep(_two_seed_sweep(tmp_path / "capped")))
     write_plan(plan)
     outcome = SlurmExecutor(profile="test", profiles_file=profiles,
-                            limits=ClusterLimits(max_submit_jobs=5)).run(plan, plan.cells)
+                            limits=ClusterLimits(max_submit_jobs=7)).run(plan, plan.cells)
     calls = _calls(fake_slurm)
-    assert [len(c["cells"]) for c in calls] == [4, 1]
+    assert [len(c["cells"]) for c in calls] == [4, 1]  # 7 jobs: 5 cells and the 2 report jobs
+    assert len(fake_slurm.read_text().splitlines()) == 2 + 2  # two arrays, two report jobs
     assert sum(s == "deferred" for s in outcome.states.values()) == len(plan.cells) - 5
     _check_exact(plan, calls, {c.id for c in plan.cells})
 
@@ -169,7 +172,8 @@ def test_dry_run_says_which_base_tasks_each_array_waits_for(tmp_path: Path, caps
     assert main(["sweep", "run", str(sweep), "--executor", "slurm", "--profiles", str(write_profiles(tmp_path)),
                  "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert out.count("sbatch --parsable") == 7 and out.count("#!/bin/bash") == 2  # one script per stage
+    assert out.count("--array=0-") == 7 and out.count("#!/bin/bash") == 2 + 2  # one script per stage, 2 reports
+    assert out.count("# report job") == 2 and out.count("--dependency=afterany:") == 2
     headers = [line for line in out.splitlines() if line.startswith("# transfer array")]
     assert len(headers) == 6 and all("waits for base tasks <base-" in h for h in headers), headers
     assert any("base-A seed=1" in h and "base-B seed=1" in h for h in headers), headers

@@ -30,6 +30,12 @@ def cmd_data_write(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_prepare(args: argparse.Namespace) -> int:
+    from launch.prepare import run_job_file
+
+    return run_job_file(args.job, progress=not args.no_progress, log=console.print)
+
+
 def cmd_data_verify(args: argparse.Namespace) -> int:
     from datamodules.shards.verify import verify_dataset
 
@@ -93,6 +99,14 @@ def add_parsers(sub: argparse._SubParsersAction, bench: argparse._SubParsersActi
     s.add_argument("--val-labels", help="flat ImageNet val: file of '<file name> <wnid or index>' lines")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     s.set_defaults(func=cmd_data_write)
+
+    s = data.add_parser(
+        "prepare", help="run one data-preparation job of a sweep (what its Slurm prepare job calls)",
+        description="Writes the shards a sweep's dataset role describes under `prepare:` (the arguments of "
+                    "`mkf data write`) and marks them complete (prepare.json); skipped if already complete.")
+    s.add_argument("job", help="the job's JSON (OUTPUT/slurm/prepare-*.json, written at submission)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    s.set_defaults(func=cmd_data_prepare)
 
     s = data.add_parser("verify", help="decode every sample of a written dataset and check the index's counts")
     s.add_argument("dir", help="folder written by `mkf data write`")
