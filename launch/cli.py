@@ -38,14 +38,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     if isinstance(cfg.trainer.devices, int) and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
         cfg.trainer.strategy = "ddp" if cfg.trainer.strategy == "auto" else cfg.trainer.strategy
     from launch import slurm_runtime
+    from launch.store import run_once
 
-    if slurm_runtime.in_slurm_step():  # preemption, periodic checkpoints and the restart policy live there
-        return slurm_runtime.train_in_slurm(cfg, report=err_console.print)
-    result = train_cell(cfg)
-    if result:
-        console.print(f"{cfg.run_dir}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-                      f"{result['steps']} steps in {result['wall_time_s']:.1f} s")
-    return 0
+    def train() -> int:
+        if slurm_runtime.in_slurm_step():  # preemption, periodic checkpoints and the restart policy live there
+            return slurm_runtime.train_in_slurm(cfg, report=err_console.print)
+        result = train_cell(cfg)
+        if result:
+            console.print(f"{cfg.run_dir}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+                          f"{result['steps']} steps in {result['wall_time_s']:.1f} s")
+        return 0
+
+    # claimed first: a cell of a shared store is trained by one process, whoever else plans it
+    return run_once(args.config, train, run_dir=cfg.run_dir, say=err_console.print)
 
 
 # ---- mkf sweep ----------------------------------------------------------------------------------------------
@@ -62,8 +67,18 @@ def cmd_sweep_plan(args: argparse.Namespace) -> int:
 def cmd_sweep_run(args: argparse.Namespace) -> int:
     from launch.sweep_run import run_sweep
 
+    if args.no_bundle:  # read by the local executor (launch/executors.py); run_sweep passes no bundle options
+        os.environ["MKF_NO_BUNDLE"] = "1"
+    if args.bundle_below is not None:
+        os.environ["MKF_BUNDLE_BELOW_MIN"] = str(args.bundle_below)
     return run_sweep(args.sweep, args.executor, args.slots, progress=not args.no_progress, profile=args.profile,
                      profiles_file=args.profiles, dry_run=args.dry_run)
+
+
+def cmd_sweep_worker(args: argparse.Namespace) -> int:
+    from launch.bundle import run_list
+
+    return run_list(args.configs, args.log_dir)
 
 
 def cmd_sweep_status(args: argparse.Namespace) -> int:
@@ -217,7 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--slots", type=int, default=1,
                    help="cells run at once by the local executor; CPU threads are split between them (default 1)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    s.add_argument("--no-bundle", action="store_true",
+                   help="local: every cell its own `mkf train` process (default: short cells share --slots "
+                        "long-lived workers, see docs/speed.md)")
+    s.add_argument("--bundle-below", type=float, metavar="MIN",
+                   help="local: bundle cells the cost table estimates below MIN minutes (default 30)")
     s.set_defaults(func=cmd_sweep_run)
+    s = sweep.add_parser("worker", help="train cell configs one after another in ONE process (a bundle)",
+                         description="What a bundle runs: the configs in order, torch imported and the data read "
+                                     "once; each cell keeps its own log (--log-dir), run folder, attempts and W&B "
+                                     "run. Exit 0 all finished, 1 some failed, 3 stopped by a preemption signal.")
+    s.add_argument("configs", nargs="+", help="cell config YAMLs")
+    s.add_argument("--log-dir", help="each cell's output to DIR/<config stem>.log")
+    s.set_defaults(func=cmd_sweep_worker)
     s = sweep.add_parser("status", help="per-cell state (joined with Slurm's view) and counts per stage")
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.add_argument("--only", nargs="+", metavar="STATE",

@@ -9,7 +9,15 @@ seed trained on the target, recorded in the cell's labels (``reference``) by id.
 Cells are **content-addressed**: a cell's id hashes its resolved config (bases referenced by id, not path) and
 its variant, so re-planning yields the same ids, a re-run finds the cells it already finished, and two entries
 that describe the same training run (one arch listed with two unit kinds plans its base cells once; BnB of a
-target shared by many sources) become one cell with one run directory.
+target shared by many sources) become one cell with one run directory. The id hashes only what changes the
+training run: not the W&B section (project, group, tags, names), the labels or the run directory, so two sweeps
+that differ only there share their cells.
+
+**The cell store.** A cell's run directory is ``<store>/<id>`` (sweep key ``store:``, default
+``<output_dir>/cells``). Sweeps pointing at one store share every cell they both plan: a cell finished by one is
+finished for all (``cell_state`` reads the run directory), and :mod:`launch.store` claims a cell atomically before
+it trains, so two sweeps running at once never train it twice. A sweep with an outside store keeps a readable
+view of its cells in its own folder: ``cells/<id>`` links into the store (:func:`write_plan`).
 
 Planning is torch-free (unit counts come from :mod:`pipeline.models.unit_counts`), and ``plan`` writes one file, the
 manifest (every cell's resolved config inside). A cell's YAML is written only when the cell is about to run or be
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -59,6 +68,7 @@ class Cell:
     reference: str | None = None  # id of the base cell whose top-1 is this cell's 1.0
     template: str | None = None  # key of the shared (stage, arch, dataset) config this cell's config starts from
     overrides: dict[str, Any] | None = None  # what the cell sets on top of it: transfer, model.init
+    sweeps: list[str] = field(default_factory=list)  # the sweeps that plan this cell (several in a catalog)
 
     @property
     def label(self) -> str:
@@ -109,6 +119,7 @@ class SweepPlan:
     report: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     wandb_group: str | None = None
+    store: Path | None = None  # where the cells' run dirs live (None: output_dir/cells)
 
     def __post_init__(self) -> None:
         if not isinstance(self.configs, CellConfigs):
@@ -116,6 +127,10 @@ class SweepPlan:
 
     def by_id(self) -> dict[str, Cell]:
         return {c.id: c for c in self.cells}
+
+    @property
+    def store_dir(self) -> Path:
+        return self.store if self.store is not None else self.output_dir / "cells"
 
 
 def build_config(plan: SweepPlan, cell: Cell) -> dict[str, Any]:
@@ -127,14 +142,15 @@ def build_config(plan: SweepPlan, cell: Cell) -> dict[str, Any]:
     transfer = config.get("transfer")
     if transfer and transfer["base"] in cell.depends_on:
         transfer["base"] = str(Path(cell.run_dir).parent / transfer["base"])
-    config["labels"] = {"cell_id": cell.id, "sweep": plan.name, "stage": cell.stage, "arch": cell.arch,
+    sweep = cell.sweeps[0] if cell.sweeps else plan.name  # a catalog cell: the first sweep that plans it
+    config["labels"] = {"cell_id": cell.id, "sweep": sweep, "stage": cell.stage, "arch": cell.arch,
                         "variant": cell.variant, "depth": cell.depth, "seed": cell.seed,
                         "unit_kind": cell.unit_kind, "source": cell.source, "target": cell.target,
                         "source_arch": cell.source_arch, "reference": cell.reference,
                         "source_role": VARIANTS[cell.variant].source if cell.variant in VARIANTS else None}
     w = config["wandb"]
     depth = "" if cell.depth is None else f" n={cell.depth}"
-    w.update(group=w["group"] or plan.name, job_type=cell.stage, name=f"{cell.arch} {cell.variant}{depth} s{cell.seed}",
+    w.update(group=w["group"] or sweep, job_type=cell.stage, name=f"{cell.arch} {cell.variant}{depth} s{cell.seed}",
              tags=[*w["tags"], cell.arch, cell.variant, *([cell.unit_kind] if cell.unit_kind else []),
                    f"depth={cell.depth}", f"seed={cell.seed}"])
     return config
@@ -158,14 +174,15 @@ class _Planner:
     """Builds cells into a plan, deduplicating identical ones (same id = same training run).
 
     A cell's id hashes what makes its training run different, computed cheaply: the hash of
-    its template (every shared key) plus its seed, overrides and variant.
+    its template (every shared key but the W&B section) plus its seed, overrides and variant.
     """
 
     def __init__(self, sweep: SweepConfig) -> None:
         self.sweep = sweep
         self.out = str(Path(sweep.output_dir))
+        self.store = str(Path(sweep.store)) if sweep.store else f"{self.out}/cells"
         self.plan = SweepPlan(sweep.name, Path(sweep.output_dir), [], kind=sweep.kind,
-                              report=sweep.report.model_dump())
+                              report=sweep.report.model_dump(), store=Path(sweep.store) if sweep.store else None)
         self.datasets = sweep.dataset_sections()
         self.wandb = to_dict(sweep.wandb_config())
         self.template_hash: dict[str, str] = {}
@@ -187,10 +204,10 @@ class _Planner:
                 config[section] = _merge(config[section], train.get(section) or {})
             config["model"]["arch"] = arch
             config["data"] = _merge(config["data"], self.datasets[dataset])
+            del config["run_dir"], config["labels"], config["seed"], config["wandb"]
+            self.template_hash[key] = json.dumps(config, sort_keys=True, default=str)  # W&B is not the run
             config["wandb"] = self.wandb
-            del config["run_dir"], config["labels"], config["seed"]
             self.plan.templates[key] = config
-            self.template_hash[key] = json.dumps(config, sort_keys=True, default=str)
         return key
 
     def add(self, cell: Cell, variant: str | None) -> str:
@@ -201,7 +218,8 @@ class _Planner:
             return cid  # the same training run, already planned (labels of its first appearance kept)
         self.ids.add(cid)
         cell.id = cid
-        cell.run_dir = f"{self.out}/cells/{cid}"
+        cell.run_dir = f"{self.store}/{cid}"
+        cell.sweeps = [self.sweep.name]
         cell.config_path = f"{self.out}/configs/{cid}.yaml"
         (self.plan.cells if cell.stage == "base" else self.transfer_cells).append(cell)
         return cid
@@ -280,17 +298,40 @@ def manifest_dict(plan: SweepPlan) -> dict[str, Any]:
     """The plan as JSON: cells (each with its template key and overrides) and the shared templates."""
     return {"name": plan.name, "kind": plan.kind, "report": plan.report,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "templates": plan.templates,
+            "store": None if plan.store is None else str(plan.store),
             "cells": [dict(c.__dict__) for c in plan.cells]}
 
 
 def write_plan(plan: SweepPlan) -> Path:
-    """Write the manifest (one file, atomically): every cell with its resolved config. No cell YAMLs yet."""
+    """Write the manifest (one file, atomically): every cell with its resolved config. No cell YAMLs yet.
+
+    With an outside store, ``cells/<id>`` in the sweep's folder links to the cell's run dir in the store (relative
+    links, so the two folders can move together): the readable view `mkf report`, `mkf filters` and a person use.
+    """
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     path = plan.output_dir / MANIFEST
     tmp = path.with_name(MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest_dict(plan), separators=(",", ":")) + "\n")
     tmp.replace(path)
+    if plan.store is not None:
+        link_view(plan)
     return path
+
+
+def link_view(plan: SweepPlan) -> int:
+    """``output_dir/cells/<id>`` -> ``<store>/<id>`` for every cell of an outside store; returns links made."""
+    view = plan.output_dir / "cells"
+    if view.resolve() == plan.store_dir.resolve():
+        return 0
+    view.mkdir(parents=True, exist_ok=True)
+    have = set(os.listdir(view))
+    rel = os.path.relpath(plan.store_dir.absolute(), view.absolute())
+    made = 0
+    for cell in plan.cells:
+        if cell.id not in have:
+            os.symlink(os.path.join(rel, os.path.basename(cell.run_dir)), view / cell.id, target_is_directory=True)
+            made += 1
+    return made
 
 
 def materialize_configs(plan: SweepPlan, cells: list[Cell]) -> int:
@@ -316,8 +357,10 @@ def load_manifest(path: str | Path) -> SweepPlan:
         cells = [Cell(**{k: v for k, v in c.items() if k in _CELL_FIELDS}) for c in data["cells"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a valid manifest ({exc}); re-plan the sweep") from None
+    store = data.get("store")
     return SweepPlan(data["name"], path.parent, cells, kind=data.get("kind", "depth_curve"),
-                     report=data.get("report") or {}, templates=data.get("templates") or {})
+                     report=data.get("report") or {}, templates=data.get("templates") or {},
+                     store=Path(store) if store else None)
 
 
 def resolve_plan(target: str | Path) -> SweepPlan:

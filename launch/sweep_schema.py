@@ -25,6 +25,7 @@ resolved config, so they are part of its id: editing a recipe re-plans its cells
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from pathlib import Path
@@ -104,6 +105,8 @@ class SweepConfig(_Strict):
     name: str = "sweep"
     kind: Kind = "depth_curve"  # the report: depth curves (Fig. 3/4) | retention (Fig. 5) | matrix (source x target)
     output_dir: str = "results/sweep"
+    # where cells live by content id (default: output_dir/cells); sweeps sharing a store train a shared cell once
+    store: str | None = None
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     data: dict[str, Any] = Field(default_factory=dict)  # defaults merged under every dataset (old format: the split)
     datasets: dict[str, dict[str, Any]] | None = None  # role -> a cell data section
@@ -134,7 +137,13 @@ class SweepConfig(_Strict):
         return [TransferPair(source="A", target="B")]
 
     def wandb_config(self) -> WandbConfig:
-        return from_dict(WandbConfig, self.wandb, "wandb.")
+        """The cells' W&B section. Without ``wandb.project`` the project is ``masterkey-filters-<name>``: one W&B
+        project per experiment, because W&B documents about 10,000 runs per project and the paper's catalog alone
+        plans more cells than that (group, job type and tags still join the experiments in a dashboard)."""
+        section = dict(self.wandb)
+        if "project" not in section:
+            section["project"] = f"{WandbConfig.project}-" + re.sub(r"[^A-Za-z0-9_.-]", "-", self.name)
+        return from_dict(WandbConfig, section, "wandb.")
 
     def recipe_train(self, recipe: str | None) -> dict[str, Any]:
         """The training sections of an arch entry's recipe (loaded by :func:`parse_sweep`); {} without one."""
@@ -277,6 +286,8 @@ def check_sweep(sweep: SweepConfig) -> None:
 
     if any(ord(ch) < 32 for ch in sweep.output_dir):
         raise UserError(f"output_dir {sweep.output_dir!r} contains a control character (newline, tab...); rename it")
+    if sweep.store is not None and (not sweep.store.strip() or any(ord(ch) < 32 for ch in sweep.store)):
+        raise UserError(f"store {sweep.store!r} is empty or contains a control character; give a folder path")
     if not sweep.archs:
         raise UserError("the sweep lists no archs; add e.g. `archs: [{arch: convnext_demo, unit_kind: depthwise}]`")
     for name in sweep.variants:
