@@ -290,3 +290,109 @@ def test_sync_saves_the_dashboard_left_pending_offline(tmp_path: Path, wandb_ser
     assert saved["status"] == "saved" and saved["entity"] == "mkf-team" and saved["url"]
     assert main(["sweep", "sync", str(tmp_path / "out")]) == 0
     assert len(wandb_server.views) == 1  # nothing pending any more
+
+
+# ---- the real thing: a trained sweep's offline runs hold every key the dashboard reads ---------------------
+def read_run(path: Path) -> dict[str, Any]:
+    """History (key -> last value), summary and config keys, group and project of one offline W&B run."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from tests.test_monitoring import _records
+
+    [log] = list(path.glob("run-*.wandb"))
+    run: dict[str, Any] = {"history": {}, "summary": set(), "config": {}, "group": None, "project": None}
+    for raw in _records(log):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            run["history"].update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                   for item in record.history.item})
+        elif kind == "summary":
+            run["summary"].update(item.key or "/".join(item.nested_key) for item in record.summary.update)
+        elif kind in ("run", "config"):
+            config = record.run.config if kind == "run" else record.config
+            run["config"].update({item.key: json.loads(item.value_json) for item in config.update})
+            if kind == "run":
+                run.update(group=record.run.run_group, project=record.run.project)
+    run["config"] = {k: v.get("value", v) if isinstance(v, dict) else v for k, v in run["config"].items()}
+    return run
+
+
+def holds(history: dict[str, Any], key: str, media_type: str) -> bool:
+    """Whether a run's history logged ``key`` as W&B media of ``media_type`` (image-file, table-file)."""
+    return history.get(f"{key}/_type") == media_type
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fashion_root")
+def test_every_panel_reads_a_key_that_the_trained_sweeps_runs_hold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo sweep cut to 3 cells, trained with W&B offline and reported; then its dashboard: every key of
+    every panel is in the cells' or the report's runs (device memory aside: CUDA only), the runset filter is
+    the runs' group, and the project theirs."""
+    import wandb
+
+    from launch.sweep import materialize_configs
+    from pipeline.config import load_cell_config
+    from pipeline.training.train import train_cell
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    sweep = demo_sweep(tmp_path, seeds=[0], archs=[{"arch": "convnext_demo", "unit_kind": "depthwise"}],
+                       depths=[1], variants=["AnB"],
+                       data={"image_size": 32, "batch_size": 64, "max_train_samples": 256, "max_val_samples": 128},
+                       stages={"base": {"trainer": {"max_epochs": 1}}})
+    raw = yaml.safe_load(sweep.read_text())
+    raw["train"]["trainer"].update(max_epochs=1, log_every_n_steps=1)  # 4 steps: each one a logger step
+    sweep.write_text(yaml.safe_dump(raw))
+    plan = plan_sweep(load_sweep(sweep))
+    assert len(plan.cells) == 3
+    materialize_configs(plan, plan.cells)
+    wandb.finish()
+    for cell in plan.cells:  # in planned order: bases first (in-process: the same training as `mkf train`)
+        train_cell(load_cell_config(cell.config_path))
+        wandb.finish()
+    assert main(["sweep", "plan", str(sweep)]) == 0 and main(["report", str(tmp_path / "out")]) == 0
+    wandb.teardown()  # flush every transaction log
+    assert main(["sweep", "dashboard", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    _, workspace = pending_workspace(tmp_path / "out")
+
+    cells = [read_run(p) for c in plan.cells for p in Path(c.run_dir).glob("wandb/offline-run-*")]
+    (report,) = [read_run(p) for p in (tmp_path / "out").glob("wandb/offline-run-*")]
+    assert len(cells) == 3
+    runs = [*cells, report]
+    assert {r["group"] for r in runs} == {"demo"} and {r["project"] for r in runs} == {workspace.project}
+    assert workspace.runset_settings.filters == "Metric(\"Group\") == 'demo'"
+    history = {k: v for r in runs for k, v in r["history"].items()}
+    summary = set().union(*(r["summary"] for r in runs))
+
+    def config_key(key: str) -> None:
+        assert all(config_has(r["config"], key) for r in cells), f"config {key} not in every cell's run"
+
+    for key in (g.name for g in workspace.runset_settings.groupby):
+        config_key(key)
+    missing = set()
+    for section in workspace.sections:
+        for panel in section.panels:
+            kind = type(panel).__name__
+            if kind == "LinePlot":
+                missing |= set(names(panel.y)) - set(history)
+                if panel.metric_regex:
+                    assert any(re.fullmatch(panel.metric_regex, k) for k in history), panel.metric_regex
+            elif kind == "ScatterPlot":
+                config_key(panel.x.name)
+                assert panel.y.name in summary
+            elif kind == "BarPlot":
+                missing |= set(names(panel.metrics)) - summary
+                config_key(panel.groupby.name) if panel.groupby else None
+            elif kind == "MediaBrowser":  # an image is logged as a dict: figure/_type, figure/path, ...
+                missing |= {k for k in panel.media_keys if not holds(history, k, "image-file")}
+            elif kind == "WeavePanelSummaryTable":
+                assert holds(report["history"], panel.table_name, "table-file"), panel.table_name
+            else:
+                raise AssertionError(f"a panel this test does not check: {kind}")
+    assert missing == {dash.DEVICE_MEMORY}, f"panels read keys no run holds: {sorted(missing)}"
