@@ -38,7 +38,6 @@ from urllib.parse import urlparse
 from rich.console import Console
 
 from datamodules.errors import UserError
-from launch.wandb_sync import REPORT_FIGURE_KEY, REPORT_RESULTS_KEY, report_table_keys
 from pipeline.models.unit_counts import unit_count
 
 if TYPE_CHECKING:
@@ -46,6 +45,19 @@ if TYPE_CHECKING:
 
 DASHBOARD_FILE = "dashboard.json"
 INSTALL_HINT = "pip install 'masterkey-filters[dashboard]'"
+
+# ---- what the report run holds ------------------------------------------------------------------------------
+# Logged by launch.wandb_sync.log_report (which takes these names from here: this module must stay torch-free,
+# and that one imports the training loggers): the figure, the per-cell table, and one table per CSV the report
+# writes besides results.csv (summary.csv; retention.csv or matrix.csv for those kinds), named by the file's stem
+# (launch/report.py).
+REPORT_FIGURE_KEY = "figure"
+REPORT_RESULTS_KEY = "results"
+REPORT_TABLES = {"depth_curve": ("summary",), "retention": ("summary", "retention"), "matrix": ("summary", "matrix")}
+
+
+def report_table_keys(kind: str) -> tuple[str, ...]:
+    return REPORT_TABLES.get(kind, ("summary",))
 
 # ---- what the cells log -------------------------------------------------------------------------------------
 # The keys below are written by the training code (torch-side modules a login-node command must not import):

@@ -11,21 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from launch.dashboard import REPORT_FIGURE_KEY, REPORT_RESULTS_KEY, read_record, save_pending
 from pipeline.results.run_folder import offline_wandb_runs
 
 if TYPE_CHECKING:
     from launch.sweep import SweepPlan
-
-# what the report run holds (read by the sweep's dashboard, launch/dashboard.py): the figure, the per-cell table,
-# and one table per CSV the report writes besides results.csv (pipeline/results: summary.csv; retention.csv or
-# matrix.csv for those kinds), named by the file's stem (launch/report.py)
-REPORT_FIGURE_KEY = "figure"
-REPORT_RESULTS_KEY = "results"
-REPORT_TABLES = {"depth_curve": ("summary",), "retention": ("summary", "retention"), "matrix": ("summary", "matrix")}
-
-
-def report_table_keys(kind: str) -> tuple[str, ...]:
-    return REPORT_TABLES.get(kind, ("summary",))
 
 
 def offline_runs(plan: SweepPlan) -> list[Path]:
@@ -48,15 +38,11 @@ def sync_sweep(plan: SweepPlan, dry_run: bool = False, console: Console | None =
     # wandb's own CLI does the upload (auth, retries, resume of the same run id)
     code = subprocess.run([sys.executable, "-m", "wandb", "sync", *map(str, runs)]).returncode if runs else 0
     if code == 0:
-        from launch.dashboard import save_pending
-
         save_pending(plan.output_dir, console)
     return code
 
 
 def _print_pending(sweep_dir: Path, console: Console) -> None:
-    from launch.dashboard import read_record
-
     for entry in read_record(sweep_dir):
         if entry["status"] == "pending":
             console.print(f"would save the pending W&B workspace {entry['name']!r} ({entry['project']})")

@@ -23,8 +23,8 @@ import yaml
 from configs import config_path
 from launch import dashboard as dash
 from launch.cli import main
+from launch.dashboard import REPORT_FIGURE_KEY, REPORT_RESULTS_KEY, report_table_keys
 from launch.sweep import load_sweep, plan_sweep
-from launch.wandb_sync import REPORT_FIGURE_KEY, REPORT_RESULTS_KEY, report_table_keys
 from pipeline.models.unit_counts import unit_count
 
 REPO = Path(__file__).resolve().parents[1]
