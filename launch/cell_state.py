@@ -7,6 +7,7 @@ The run directory's own files (result, failure, checkpoints, attempts) are read 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,11 +49,24 @@ def cell_state(plan: SweepPlan, cell: Cell) -> str:
     pid = _read(logs + ".pid")
     if pid and pid.isdigit() and _alive(int(pid)):
         return "running"
+    if claimed_here(cell.run_dir):  # trained by another sweep's process on this host (a shared store)
+        return "running"
     if state == "failed":  # gave up inside a job (e.g. the crash limit)
         return state
     if _read(logs + ".exit") not in (None, "", "0"):
         return "failed"
     return state
+
+
+def claimed_here(run_dir: str) -> bool:
+    """Whether a live process of this host holds the cell's claim (:mod:`launch.store`); other hosts' claims are
+    the executors' views to tell (Slurm's squeue), not one squeue call per cell here."""
+    from launch.store import claim_holder
+
+    holder = claim_holder(run_dir)
+    if not holder or holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
+        return False
+    return _alive(holder["pid"])
 
 
 def clear_failure(plan: SweepPlan, cell: Cell) -> None:

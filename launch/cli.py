@@ -55,12 +55,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---- mkf sweep ----------------------------------------------------------------------------------------------
 def cmd_sweep_plan(args: argparse.Namespace) -> int:
-    from launch.sweep import load_sweep, plan_sweep, write_plan
+    from launch.catalog import plan_catalog, write_catalog
     from launch.sweep_view import print_plan
 
-    plan = plan_sweep(load_sweep(args.sweep))
+    plan = plan_catalog(args.sweep)  # one sweep file, or several / a folder as one catalog plan
     print_plan(plan)
-    console.print(f"manifest: {write_plan(plan)}")
+    written = write_catalog(plan)
+    console.print(f"manifest: {written[-1]}" + (f" (and each sweep's own: {len(written) - 1})" if len(written) > 1
+                                                else ""))
     return 0
 
 
@@ -94,16 +96,28 @@ def cmd_sweep_advance(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_cancel(args: argparse.Namespace) -> int:
+    from launch.catalog import parts, resolve_targets
     from launch.executors import executors_used
-    from launch.sweep import resolve_plan
 
-    plan = resolve_plan(args.target)
-    stopped = {e.name: e.cancel(plan) for e in executors_used(plan)}
+    plan = resolve_targets(args.target)
+    stopped: dict[str, list[str]] = {}
+    for p in {id(p): p for p in [plan, *parts(plan)]}.values():  # a catalog run, and each sweep run on its own
+        for e in executors_used(p):
+            stopped.setdefault(e.name, []).extend(e.cancel(p))
     if not any(stopped.values()):
         console.print("nothing running or queued for this sweep")
     for name, ids in stopped.items():
         if ids:
             console.print(f"cancelled ({name}): {', '.join(ids)}")
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from launch.catalog import parts, resolve_targets
+    from launch.report import report
+
+    for p in parts(resolve_targets(args.target)):  # every sweep's own figure, from its own folder
+        report(p.output_dir, partial=args.partial)
     return 0
 
 
@@ -217,12 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="plan, run and inspect transfer sweeps").add_subparsers(
         dest="sweep_command", required=True, metavar="SUBCOMMAND")
     s = sweep.add_parser("plan", help="expand a sweep YAML into cells and write the manifest (trains nothing)")
-    s.add_argument("sweep", help="sweep YAML, e.g. configs/demo.yaml")
+    s.add_argument("sweep", nargs="+", help="sweep YAML(s) or a folder of them, e.g. configs/demo.yaml or "
+                                            "configs/paper/ (one plan: each distinct cell once)")
     s.set_defaults(func=cmd_sweep_plan)
     s = sweep.add_parser("run", help="run every unfinished cell in dependency order",
                          description="Runs base cells, then transfer cells once their base finished. Finished "
                                      "cells are skipped; interrupted ones resume from their last checkpoint.")
-    s.add_argument("sweep", help="sweep YAML")
+    s.add_argument("sweep", nargs="+", help="sweep YAML(s) or a folder of them (one catalog plan, one submission)")
     s.add_argument("--executor", default="local", choices=["local", "slurm"],
                    help="local: run here, in dependency order; slurm: job arrays per (stage, profile, base tasks waited for)")
     s.add_argument("--profile", help="slurm: cluster profile name (default: the sweep's slurm.profiles, else "
@@ -246,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-dir", help="each cell's output to DIR/<config stem>.log")
     s.set_defaults(func=cmd_sweep_worker)
     s = sweep.add_parser("status", help="per-cell state (joined with Slurm's view) and counts per stage")
-    s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.add_argument("target", nargs="+", help="sweep YAML(s), a folder of them, or sweep / catalog output directories")
     s.add_argument("--only", nargs="+", metavar="STATE",
                    choices=["finished", "running", "interrupted", "failed", "pending"],
                    help="list only cells in these states (the counts always cover every cell)")
@@ -258,8 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", help="sweep output directory (holds adaptive.json)")
     s.set_defaults(func=cmd_sweep_advance)
     s = sweep.add_parser("cancel", help="stop every cell of the sweep (scancel its Slurm arrays, stop local cells)")
-    s.add_argument("target", help="sweep YAML or sweep output directory")
+    s.add_argument("target", nargs="+", help="sweep YAML(s), a folder of them, or sweep / catalog output directories")
     s.set_defaults(func=cmd_sweep_cancel)
+    s = sweep.add_parser("report", help="every sweep's report (mkf report of each sweep's output directory)")
+    s.add_argument("target", nargs="+", help="sweep YAML(s), a folder of them, or sweep / catalog output directories")
+    s.add_argument("--partial", action="store_true", help="report the cells finished so far")
+    s.set_defaults(func=cmd_sweep_report)
     s = sweep.add_parser("sync", help="upload every cell's offline W&B runs (wandb sync), once back online")
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.add_argument("--dry-run", action="store_true", help="list the offline runs, upload nothing")

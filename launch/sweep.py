@@ -120,6 +120,7 @@ class SweepPlan:
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)
     wandb_group: str | None = None
     store: Path | None = None  # where the cells' run dirs live (None: output_dir/cells)
+    sweeps: list[dict[str, str]] = field(default_factory=list)  # a catalog: its sweeps (name, output_dir, kind)
 
     def __post_init__(self) -> None:
         if not isinstance(self.configs, CellConfigs):
@@ -299,6 +300,7 @@ def manifest_dict(plan: SweepPlan) -> dict[str, Any]:
     return {"name": plan.name, "kind": plan.kind, "report": plan.report,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "templates": plan.templates,
             "store": None if plan.store is None else str(plan.store),
+            **({"sweeps": plan.sweeps} if plan.sweeps else {}),
             "cells": [dict(c.__dict__) for c in plan.cells]}
 
 
@@ -360,7 +362,7 @@ def load_manifest(path: str | Path) -> SweepPlan:
     store = data.get("store")
     return SweepPlan(data["name"], path.parent, cells, kind=data.get("kind", "depth_curve"),
                      report=data.get("report") or {}, templates=data.get("templates") or {},
-                     store=Path(store) if store else None)
+                     store=Path(store) if store else None, sweeps=data.get("sweeps") or [])
 
 
 def resolve_plan(target: str | Path) -> SweepPlan:

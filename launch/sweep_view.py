@@ -5,11 +5,12 @@ large plan) with its cost, and every cell's state with the executors' view. Pres
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 from rich.table import Table
 
-from launch.console import console
+from launch.console import console, err_console
 
 
 def plan_table(plan) -> Table:  # type: ignore[no-untyped-def]
@@ -40,35 +41,58 @@ def plan_summary(plan) -> Table:  # type: ignore[no-untyped-def]
 
 
 def print_plan(plan, costs: bool = True) -> None:  # type: ignore[no-untyped-def]
+    """The cells (a table, or a summary of a large plan), then one cost table (per sweep, the catalog with each
+    cell once and what the store saves), what the store already holds, and any W&B project over its run limit."""
+    from launch.catalog import cost_lines, wandb_warnings
+
     console.print(plan_table(plan) if len(plan.cells) <= PLAN_TABLE_MAX else plan_summary(plan))
     if costs:
-        from launch.cost import estimate
-
-        for line in estimate(plan).lines():
+        for line in cost_lines(plan):
             console.print(line, markup=False, highlight=False)
+    done = store_finished(plan)
+    if done:
+        console.print(f"{done:,} of {len(plan.cells):,} cells already finished in the store ({plan.store_dir}): "
+                      "reused, not retrained", markup=False, highlight=False)
+    for line in wandb_warnings(plan):
+        err_console.print(line, markup=False, highlight=False)
 
 
-def print_status(target: str, only: list[str] | None = None, limit: int = 0) -> int:
-    """Every cell's state joined with each executor's view (Slurm's job and state), then counts per stage."""
+def store_finished(plan) -> int:  # type: ignore[no-untyped-def]
+    """How many of the plan's cells have a result in the store (one listdir, then a stat per candidate)."""
+    from pipeline.results.run_folder import run_state
+
+    try:
+        present = set(os.listdir(plan.store_dir))
+    except OSError:
+        return 0
+    return sum(1 for c in plan.cells if os.path.basename(c.run_dir) in present and run_state(c.run_dir) == "finished")
+
+
+def print_status(target: str | list[str], only: list[str] | None = None, limit: int = 0) -> int:
+    """Every cell's state joined with each executor's view (Slurm's job and state), then counts per stage, and
+    per sweep for a catalog (a cell shared by several sweeps counts in each)."""
+    from launch.catalog import parts, resolve_targets
     from launch.cell_state import STATES, cell_state
     from launch.executors import executors_used
-    from launch.sweep import resolve_plan
     from pipeline.results.run_folder import last_metric, read_attempts
 
-    plan = resolve_plan(target)
-    views = [e.status(plan) for e in executors_used(plan)]
+    plan = resolve_targets(target)
+    views = [e.status(p) for p in {id(p): p for p in [plan, *parts(plan)]}.values() for e in executors_used(p)]
     table = Table(title=f"sweep {plan.name} ({plan.output_dir})")
     columns = ["id", "stage", "arch", "variant", "depth", "seed", "state", "preempted", "failed", "metric"]
     columns += [c for v in views for c in v.columns]
     for col in columns:
         table.add_column(col, no_wrap=True, min_width=12 if col == "id" else None)
     counts: dict[str, Counter[str]] = {}
+    per_sweep: dict[str, Counter[str]] = {}
     shown = 0
     for c in plan.cells:
         state = cell_state(plan, c)
         if state in ("pending", "interrupted") and any(c.id in v.running for v in views):
             state = "running"
         counts.setdefault(c.stage, Counter())[state] += 1
+        for name in c.sweeps:
+            per_sweep.setdefault(name, Counter())[state] += 1
         if only and state not in only:
             continue
         shown += 1
@@ -88,4 +112,10 @@ def print_status(target: str, only: list[str] | None = None, limit: int = 0) -> 
                       + f"  total: {sum(counter.values())}")
     total = sum(counts.values(), Counter())
     console.print("   total: " + "  ".join(f"{s}: {total[s]}" for s in STATES) + f"  total: {len(plan.cells)}")
+    if len(per_sweep) > 1:
+        width = max(map(len, per_sweep))
+        console.print("per sweep (shared cells count in each):")
+        for name, counter in per_sweep.items():
+            console.print(f"  {name:<{width}}  " + "  ".join(f"{s}: {counter[s]}" for s in STATES)
+                          + f"  total: {sum(counter.values())}", markup=False, highlight=False)
     return 0
