@@ -143,12 +143,10 @@ def profile_for_stage(sweep_slurm: dict[str, Any], stage: str, default: str | No
 
 def profile_for_cpu_stage(profiles: dict[str, SlurmProfile], sweep_slurm: dict[str, Any], stage: str,
                           default: str | None) -> tuple[str, SlurmProfile]:
-    """A CPU stage's profile (``prepare``, ``report``): the sweep's ``slurm.profiles.<stage>``, else a profile of
-    that name in the profiles file, else the base stage's profile without its GPUs (same partition, account)."""
+    """A CPU stage's profile (``prepare``, ``report``): the sweep's ``slurm.profiles.<stage>``, else the base
+    stage's profile without its GPUs (same partition, account, setup: a job that surely fits where bases run)."""
     named = (sweep_slurm.get("profiles") or {}).get(stage)
     if named:
         return str(named), pick_profile(profiles, str(named), f"stage {stage}")
-    if stage in profiles:
-        return stage, profiles[stage]
     base = profile_for_stage(sweep_slurm, "base", default)
     return f"{base} (cpu)", pick_profile(profiles, base, f"stage {stage}").cpu_only()

@@ -485,7 +485,7 @@ def test_bench_sweep_plans_10000_cells_and_submits_arrays_within_max_array_size(
     result = bench_sweep(profiles_file=str(write_profiles(tmp_path)), profile="test", seeds=55)
     assert result["cells"] == 10010
     # 110 base cells in one array; 9,900 transfer cells in 110 arrays: per seed, AnB, AnB+ and reverse wait for
-    # bases A and B, BnB and BnB+ for base B alone
-    assert result["sbatch_calls"] == 1 + 110
+    # bases A and B, BnB and BnB+ for base B alone; and the sweep's two report jobs (after the bases, after all)
+    assert result["sbatch_calls"] == 1 + 110 + 2
     out = capsys.readouterr().out
     assert "plan (unit counts" in out and "sbatch calls" in out
