@@ -138,10 +138,10 @@ def parts(plan: SweepPlan) -> list[SweepPlan]:
     return loaded
 
 
-def write_catalog(plan: SweepPlan) -> list[Path]:
-    """Every sweep's own manifest (and view of its cells), then the catalog's manifest; returns the paths."""
-    written = [write_plan(p) for p in parts(plan) if p is not plan]
-    written.append(write_plan(plan))
+def write_catalog(plan: SweepPlan, view: bool = True) -> list[Path]:
+    """Every sweep's own manifest (and, with ``view``, the links of its cells), then the catalog's manifest."""
+    written = [write_plan(p, view) for p in parts(plan) if p is not plan]
+    written.append(write_plan(plan, view=False) if len(written) else write_plan(plan, view))
     return written
 
 

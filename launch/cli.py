@@ -60,7 +60,7 @@ def cmd_sweep_plan(args: argparse.Namespace) -> int:
 
     plan = plan_catalog(args.sweep)  # one sweep file, or several / a folder as one catalog plan
     print_plan(plan)
-    written = write_catalog(plan)
+    written = write_catalog(plan, view=False)  # the links into the store are made by `run`
     console.print(f"manifest: {written[-1]}" + (f" (and each sweep's own: {len(written) - 1})" if len(written) > 1
                                                 else ""))
     return 0
