@@ -1,14 +1,18 @@
 """Executors run a sweep's cells. They share one small interface (``launch.executor_base``), so the sweep logic
 never knows which runs it: :func:`executor_class` looks one up by name, importing it only then.
 
-``LocalExecutor`` runs each cell as its own ``mkf train`` process on this machine, a few at a time, in
-dependency order. ``launch.slurm_executor.SlurmExecutor`` submits job arrays.
+``LocalExecutor`` runs cells on this machine, ``slots`` at a time, in dependency order: short cells (estimated
+below ``bundle_below_min`` minutes by the cost table) go to ``slots`` long-lived bundle workers (``launch.bundle
+--serve``: torch imported once, the data read once per worker), longer ones (and every cell with ``--no-bundle``)
+each to its own ``mkf train`` process. ``launch.slurm_executor.SlurmExecutor`` submits job arrays.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -29,6 +33,7 @@ from rich.progress import (
 from datamodules.errors import UserError
 from launch.cell_state import _alive, cell_state, log_path
 from launch.executor_base import Executor, ExecutorView, SweepOutcome
+from pipeline.results import run_folder
 
 if TYPE_CHECKING:
     from launch.sweep import Cell, SweepPlan
@@ -60,20 +65,100 @@ def threads_per_cell(slots: int, cpus: int | None = None) -> int:
     return max(1, cpus // max(1, slots))
 
 
+BUNDLE_BELOW_MIN = 30.0  # cells estimated shorter than this (cost table minutes) share a bundle worker
+
+
+def bundled(plan: SweepPlan, cells: Sequence[Cell], below_min: float) -> set[str]:
+    """Ids of the cells short enough to share a worker: a known cost below ``below_min`` minutes, one device.
+
+    A cell whose cost the table does not know, or that spans devices (DDP spawns its own processes), runs alone.
+    """
+    from launch.cost import cell_gpu_hours, load_costs
+
+    table = load_costs()
+    gpu = table.get("gpu", "a100")
+    out = set()
+    for cell in cells:
+        config = plan.configs[cell.id]
+        trainer = config.get("trainer", {})
+        devices = trainer.get("devices")
+        if (isinstance(devices, int) and devices > 1) or trainer.get("num_nodes", 1) > 1:
+            continue
+        hours, missing = cell_gpu_hours(config, table, gpu)
+        if missing is None and hours is not None and hours * 60 < below_min:
+            out.add(cell.id)
+    return out
+
+
+class _Worker:
+    """One long-lived ``launch.bundle --serve`` process and the cell it trains now (None: idle)."""
+
+    def __init__(self, plan: SweepPlan, index: int, env: dict[str, str]) -> None:
+        log = plan.output_dir / "logs" / f"bundle-worker-{index}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "launch.bundle", "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=err, env=env,
+            )
+        self.cell: Cell | None = None
+        self.buffer = b""
+        self.stdout_fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+
+    def send(self, plan: SweepPlan, cell: Cell) -> None:
+        self.cell = cell
+        request = {"config": cell.config_path, "log": str(log_path(plan, cell))}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+
+    def replies(self) -> list[dict[str, Any]]:
+        """Whole reply lines available now (never blocks)."""
+        out = []
+        while select.select([self.stdout_fd], [], [], 0)[0]:
+            chunk = os.read(self.stdout_fd, 65536)
+            if not chunk:
+                break
+            self.buffer += chunk
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line.strip():
+                out.append(json.loads(line))
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # type: ignore[union-attr]  # EOF: the worker ends after its cell
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 class LocalExecutor(Executor):
-    """Run cells as subprocesses, ``slots`` at a time, each limited to its share of the CPU threads."""
+    """Run cells here, ``slots`` at a time, each limited to its share of the CPU threads; short cells in
+    long-lived bundle workers (see the module doc), the rest as their own processes."""
 
     name = "local"
 
-    def __init__(self, slots: int = 1, console: Console | None = None, progress: bool = True) -> None:
+    def __init__(self, slots: int = 1, console: Console | None = None, progress: bool = True,
+                 bundle: bool = True, bundle_below_min: float = BUNDLE_BELOW_MIN) -> None:
         self.slots = max(1, slots)
         self.console = console or Console(stderr=True)
         self.show_progress = progress
+        self.bundle = bundle
+        self.bundle_below_min = bundle_below_min
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LocalExecutor:
-        return cls(slots=int(options.get("slots") or 1), progress=bool(options.get("progress", True)))
-
+        # `mkf sweep run --no-bundle / --bundle-below` arrive as MKF_NO_BUNDLE / MKF_BUNDLE_BELOW_MIN
+        below = options.get("bundle_below_min") or os.environ.get("MKF_BUNDLE_BELOW_MIN")
+        bundle = options.get("bundle", os.environ.get("MKF_NO_BUNDLE", "") in ("", "0"))
+        return cls(slots=int(options.get("slots") or 1), progress=bool(options.get("progress", True)),
+                   bundle=bool(bundle), bundle_below_min=BUNDLE_BELOW_MIN if below is None else float(below))
     @classmethod
     def used_by(cls, plan: SweepPlan) -> bool:
         return (plan.output_dir / "logs").is_dir()
@@ -106,11 +191,13 @@ class LocalExecutor(Executor):
         env.setdefault("WANDB_SILENT", "true")
         return env
 
-    def _start(self, plan: SweepPlan, cell: Cell) -> subprocess.Popen[bytes]:
-        log = log_path(plan, cell)
-        log.parent.mkdir(parents=True, exist_ok=True)
+    def _prepare(self, plan: SweepPlan, cell: Cell) -> None:
+        log_path(plan, cell).parent.mkdir(parents=True, exist_ok=True)
         log_path(plan, cell, ".exit").unlink(missing_ok=True)
-        with log.open("ab") as out:
+
+    def _start(self, plan: SweepPlan, cell: Cell) -> subprocess.Popen[bytes]:
+        self._prepare(plan, cell)
+        with log_path(plan, cell).open("ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "launch.cli", "train", "--config", cell.config_path],
                 stdout=out, stderr=subprocess.STDOUT, env=self._env(),
@@ -127,48 +214,101 @@ class LocalExecutor(Executor):
         outcome = SweepOutcome()
         todo = list(cells)
         by_id = plan.by_id()
-        running: dict[str, tuple[Cell, subprocess.Popen[bytes]]] = {}
+        short = bundled(plan, todo, self.bundle_below_min) if self.bundle else set()
+        running: dict[str, tuple[Cell, subprocess.Popen[bytes]]] = {}  # cells in their own process
+        workers: list[_Worker] = []
+        spawned = 0
+        stopping = False  # a worker was preempted (e.g. `mkf sweep cancel`): start nothing new
+
+        def done(cell: Cell, code: int, progress_advance: Any) -> None:
+            state = self._finish(plan, cell, code)
+            outcome.states[cell.id] = "finished" if state == "finished" else state if code == 0 else "failed"
+            progress_advance()
+            if outcome.states[cell.id] == "failed":
+                self.console.print(f"[red]failed[/red] {cell.label} ({cell.id}): see {log_path(plan, cell)}")
+
         with Progress(
             TextColumn("[bold]cells"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"),
             console=self.console, disable=not self.show_progress, transient=False,
         ) as progress:
             task = progress.add_task("", total=len(todo))
+            advance = lambda: progress.advance(task)  # noqa: E731
             try:
-                while todo or running:
+                while todo or running or any(w.cell for w in workers):
+                    busy = len(running) + sum(w.cell is not None for w in workers)
                     for cell in list(todo):
-                        if len(running) >= self.slots:
+                        if stopping or busy >= self.slots:
                             break
                         deps = [outcome.states.get(d) or cell_state(plan, by_id[d]) for d in cell.depends_on]
                         if any(s in ("failed", "blocked") for s in deps):
                             todo.remove(cell)
                             outcome.states[cell.id] = "blocked"
-                            progress.advance(task)
+                            advance()
                         elif all(s == "finished" for s in deps):
-                            todo.remove(cell)
-                            running[cell.id] = (cell, self._start(plan, cell))
-                    if not running and todo:  # nothing runs and nothing can start: dependencies outside this run
-                        for cell in todo:
-                            outcome.states[cell.id] = "blocked"
-                            progress.advance(task)
-                            self.console.print(f"[yellow]blocked[/yellow] {cell.label}: a dependency is not finished")
+                            if cell.id in short:
+                                worker = next((w for w in workers if w.cell is None), None)
+                                if worker is None and len(workers) + len(running) < self.slots:
+                                    spawned += 1
+                                    worker = _Worker(plan, spawned, self._env())
+                                    workers.append(worker)
+                                if worker is None:
+                                    continue  # every slot is held by a cell of its own: wait for one
+                                todo.remove(cell)
+                                self._prepare(plan, cell)
+                                worker.send(plan, cell)
+                                log_path(plan, cell, ".pid").write_text(str(worker.proc.pid))
+                            else:
+                                idle = [w for w in workers if w.cell is None]
+                                if len(workers) + len(running) >= self.slots and idle:
+                                    idle[0].close()  # its slot goes to a cell that runs alone
+                                    workers.remove(idle[0])
+                                todo.remove(cell)
+                                running[cell.id] = (cell, self._start(plan, cell))
+                            busy += 1
+                    if not running and not any(w.cell for w in workers) and todo:
+                        for cell in todo:  # nothing runs and nothing can start: dependencies outside this run
+                            outcome.states[cell.id] = "pending" if stopping else "blocked"
+                            advance()
+                            if not stopping:
+                                self.console.print(f"[yellow]blocked[/yellow] {cell.label}: a dependency is not "
+                                                   "finished")
                         todo.clear()
                     for cid, (cell, proc) in list(running.items()):
                         code = proc.poll()
                         if code is not None:
                             del running[cid]
-                            state = self._finish(plan, cell, code)
-                            outcome.states[cid] = "finished" if state == "finished" else "failed"
-                            progress.advance(task)
-                            if outcome.states[cid] != "finished":
-                                self.console.print(f"[red]failed[/red] {cell.label} ({cid}): see {log_path(plan, cell)}")
-                    progress.update(task, description=", ".join(c.label for c, _ in running.values()))
-                    if running:
-                        time.sleep(0.2)
+                            done(cell, code, advance)
+                    for worker in list(workers):
+                        ended = worker.proc.poll() is not None  # preempted, or crashed inside a cell
+                        for reply in worker.replies():  # read after the poll: an ended worker's last word
+                            if worker.cell is not None and reply.get("config") == worker.cell.config_path:
+                                cell, worker.cell = worker.cell, None
+                                done(cell, int(reply["code"]), advance)
+                                stopping |= bool(reply.get("preempted"))
+                        if ended:
+                            if worker.cell is not None:
+                                done(worker.cell, worker.proc.returncode or 1, advance)
+                                worker.cell = None
+                            stopping |= worker.proc.returncode == 3  # launch.bundle.EXIT_PREEMPTED
+                            workers.remove(worker)
+                    progress.update(task, description=", ".join(
+                        [c.label for c, _ in running.values()] + [w.cell.label for w in workers if w.cell]))
+                    if running or any(w.cell for w in workers):
+                        time.sleep(0.1)
             except KeyboardInterrupt:
+                for worker in workers:
+                    worker.proc.terminate()  # the current cell checkpoints at its next step (preempt.ckpt)
                 for cell, proc in running.values():
                     proc.terminate()
                     proc.wait()
                     self._finish(plan, cell, -15)
+                for worker in workers:
+                    worker.proc.wait()
+                    if worker.cell is not None:
+                        self._finish(plan, worker.cell, 0 if run_folder.has_checkpoint(worker.cell.run_dir) else -15)
                 raise
+            finally:
+                for worker in workers:
+                    worker.close()
         return outcome
