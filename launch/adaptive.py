@@ -411,6 +411,12 @@ def _rounds(sweep: SweepConfig, state: RoundState, executor: Executor, retry: bo
                 executor.run(plan, [c for c in plan.cells if cell_state(plan, c) != "finished"])
                 console.print(f"(dry run) then: {planner_command(out)} after the round's arrays", markup=False)
             return 0
+        if not retry and slurm and not advanced and _cancelled(plan):
+            state.planner_job = None
+            save_state(out, state)
+            console.print("adaptive depths: cells of this round were cancelled (mkf sweep cancel / scancel); the "
+                          "rounds stop here, `mkf sweep run SWEEP.yaml --executor slurm` resumes them")
+            return 0
         if not advanced:  # the planner job first advances on the round that just ended
             step = advance(plan, results_of(plan), state)
             _print_step(console, step)
@@ -458,6 +464,15 @@ def _print_step(console: Any, step: Step) -> None:
         console.print(line, markup=False, highlight=False)
 
 
+def _cancelled(plan: SweepPlan) -> bool:
+    """Whether a user cancelled cells of the plan (not Slurm cancelling dependants of a failed base)."""
+    from launch.slurm_executor import JobBook, query_jobs
+
+    book = JobBook.load(plan.output_dir)
+    jobs = query_jobs([book.cells[c.id]["job_id"] for c in plan.cells if c.id in book.cells])
+    return any(j.state == "CANCELLED" and not j.reason.startswith("Dependency") for j in jobs.values())
+
+
 def _never_submitted(plan: SweepPlan, cells: list[Cell]) -> list[Cell]:
     """Cells no Slurm job ever took (new this round, or deferred by a job cap): what a planner job submits."""
     from launch.slurm_executor import JobBook
@@ -503,6 +518,20 @@ def _job_active(job_id: str) -> bool:
 
     proc = run_slurm(["squeue", "-h", "-j", job_id, "-o", "%T"], check=False)
     return bool(proc.stdout.strip())
+
+
+def cancel_planner(plan: SweepPlan) -> list[str]:
+    """`mkf sweep cancel`: scancel the pending planner job too, or it would start the next round after the
+    cancelled arrays end."""
+    state = load_state(plan.output_dir)
+    if state is None or not state.planner_job:
+        return []
+    from launch.slurm_executor import run_slurm
+
+    job, state.planner_job = state.planner_job, None
+    run_slurm(["scancel", job], check=False)
+    save_state(plan.output_dir, state)
+    return [job]
 
 
 def planner_command(out: Path) -> str:
