@@ -95,3 +95,16 @@ def test_catalog_report_recipe_renders(path: Path, tmp_path: Path) -> None:
         archs = {c.arch for c in plan.cells}
         assert {t["arch"] for t in table} == archs and len(table) == 2 * len(archs)  # both directions
         assert all(t["depth"] == max(c.depth or 0 for c in plan.cells if c.arch == t["arch"]) for t in table)
+
+
+def test_the_paper_shares_one_store_and_gives_each_experiment_its_w_and_b_project() -> None:
+    """One store: a cell two experiments plan is trained once; one W&B project each (W&B's ~10,000 runs)."""
+    from launch.catalog import plan_catalog, wandb_warnings
+
+    sweeps = [load_sweep(p) for p in sorted(REPO.glob("configs/paper/*.yaml"))]
+    assert {s.store for s in sweeps} == {"results/paper/cells"}
+    assert len({s.wandb_config().project for s in sweeps}) == len(sweeps) == len(PAPER)
+    plan = plan_catalog([REPO / "configs" / "paper"])
+    shared = [c for c in plan.cells if len(c.sweeps) > 1]
+    assert shared and all(c.run_dir.startswith("results/paper/cells/") for c in plan.cells)
+    assert wandb_warnings(plan) == []
