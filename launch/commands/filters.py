@@ -1,8 +1,9 @@
 """`mkf filters ...`: look at, cluster and distil the depthwise kernels of any model (issue 8).
 
 SRC everywhere: a run dir, a Lightning ``.ckpt``, a ``.safetensors`` weights file, a timm model name (with
-``--file`` for a local pretrained weights file), an ``.npz`` from ``mkf filters extract``, or a filter bank ``.txt``
-(``published`` = the 8 master-key filters). Heavy modules are imported inside the commands.
+``--file`` for a local pretrained weights file), an ``.onnx`` file (its grouped depthwise ``Conv`` weights), an
+``.npz`` from ``mkf filters extract``, or a filter bank ``.txt`` (``published`` = the 8 master-key filters). Heavy
+modules are imported inside the commands.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     sets = [kernels_from(src, args.file) for src in args.src]
     options = ClusterOptions(clusters=args.clusters, latent=args.latent, epochs=args.epochs,
-                             threshold=args.threshold, sign=args.sign, seed=args.seed)
+                             threshold=args.threshold, sign=args.sign, seed=args.seed, min_r2=args.min_r2,
+                             criterion=args.criterion)
     result = cluster_kernels(sets, options)
     out = Path(args.out) if args.out else DEFAULT_OUT / ("cluster_" + _slug("+".join(s.source for s in sets)))
     paths = write_cluster_outputs(result, out)
@@ -63,7 +65,40 @@ def cmd_cluster(args: argparse.Namespace) -> int:
                   f"{summary['classified']:.1%} (correlation >= {options.threshold})")
     for c in summary["clusters"]:
         console.print(f"  {c['cluster']}: {c['name']:<10} {c['share']:6.1%} of kernels, fit R2 {c['fit']['r2']:.3f}")
+    _print_family_shares(result.layer_shares(), summary["family_shares"], options)
+    console.print(f"family fits: {summary['family_kernels_per_second']:.0f} kernels/s")
     console.print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _print_family_shares(rows: list[dict], total: dict[str, float], options: object) -> None:
+    """Per unit, each family's share of its kernels (a delta or a Gaussian is never counted as a DoG)."""
+    from rich.table import Table
+
+    from pipeline.filters.families import SHARE_KEYS
+
+    table = Table(title=f"family of each kernel by {options.criterion.upper()} "  # type: ignore[attr-defined]
+                        f"(other: R2 < {options.min_r2})")  # type: ignore[attr-defined]
+    for col in ("source", "unit", "kernels", *SHARE_KEYS):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for r in rows:
+        table.add_row(str(r["source"])[:20], str(r["unit"]), str(r["kernels"]),
+                      *(f"{r[f'family_{k}']:.0%}" for k in SHARE_KEYS))
+    table.add_row("all", "", str(sum(r["kernels"] for r in rows)), *(f"{total[k]:.0%}" for k in SHARE_KEYS))
+    console.print(table)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pipeline.filters.planted import bench_planted
+
+    report = bench_planted(per_family=args.per_family, size=args.size, noise=args.noise, clusters=args.clusters,
+                           seed=args.seed, gaussian=args.gaussian, log=console.print)
+    if args.out:
+        import json
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        console.print(f"wrote {args.out}")
     return 0
 
 
@@ -106,7 +141,7 @@ def cmd_masterkey(args: argparse.Namespace) -> int:
 
 def _src_args(s: argparse.ArgumentParser, many: bool) -> None:
     s.add_argument("src", nargs="+" if many else None,
-                   help="run dir | .ckpt | .safetensors | timm model name | kernels .npz | filter bank .txt")
+                   help="run dir | .ckpt | .safetensors | timm model name | .onnx | kernels .npz | filter bank .txt")
     s.add_argument("--file", help="local pretrained weights for a timm model name (never downloads)")
 
 
@@ -128,7 +163,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--dpi", type=int, default=150)
     s.set_defaults(func=cmd_grid)
 
-    s = filters.add_parser("cluster", help="autoencoder + k-means clusters of the kernels, DoG-family fits",
+    s = filters.add_parser("cluster", help="autoencoder + k-means clusters of the kernels, families by BIC",
                            description="Unveiling-the-Unseen analysis; writes clusters.json, layer_shares.csv, "
                                        "assignments.csv, centroids.png and layer_shares.png.")
     _src_args(s, many=True)
@@ -140,8 +175,28 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="correlation with the cluster centroid for a kernel to count as classified (default 0.8)")
     s.add_argument("--sign", choices=["keep", "canonical"], default="keep",
                    help="keep kernel signs (on/off apart) or flip so the largest entry is positive (default keep)")
+    s.add_argument("--min-r2", type=float, default=0.5,
+                   help="a kernel or centroid whose chosen family explains less of its variance is 'other' "
+                        "(default 0.5)")
+    s.add_argument("--criterion", choices=["bic", "aic"], default="bic",
+                   help="information criterion that picks each kernel's family (default bic)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_cluster)
+
+    s = filters.add_parser("bench", help="name planted kernels of known family: accuracy, ARI, kernels/s",
+                           description="Planted deltas, Gaussians, on/off DoGs, first derivatives and Laplacians "
+                                       "with noise: per-family accuracy of the BIC naming, the share of Gaussians "
+                                       "and deltas named DoG, and the adjusted Rand index of the old (best-fit) "
+                                       "and new (BIC) naming against the truth.")
+    s.add_argument("--per-family", type=int, default=100, help="kernels per planted family (default 100)")
+    s.add_argument("--size", type=int, default=7, help="kernel size (default 7)")
+    s.add_argument("--noise", type=float, default=0.015, help="noise sd as a share of the peak (default 0.015)")
+    s.add_argument("--gaussian", choices=["discrete", "sampled"], default="discrete",
+                   help="planted shapes from the discrete-analogue models or sampled continuous Gaussians")
+    s.add_argument("--clusters", type=int, default=6, help="k of k-means for the clustering ARI (default 6)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="also write the report as JSON here")
+    s.set_defaults(func=cmd_bench)
 
     s = filters.add_parser("masterkey", help="the Quest procedure: K filters that replace every kernel as a*f+b",
                            description="1-D-latent autoencoder, candidates along the latent, greedy elimination "

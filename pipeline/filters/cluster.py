@@ -1,8 +1,10 @@
 """The *Unveiling the Unseen* analysis: do trained depthwise kernels fall into a few DoG-like clusters?
 
 Kernels are normalised (zero mean, unit norm, optionally sign-canonicalised), embedded by a small autoencoder,
-clustered by k-means on the codes, and each cluster's centroid (the mean of its normalised kernels) is fitted with
-the DoG family of :mod:`pipeline.filters.dog` and named after its best fit. A kernel counts as *classified* when its
+clustered by k-means on the codes, and each cluster's centroid (the mean of its normalised kernels) is fitted by
+every family of :mod:`pipeline.filters.families` and named by the lowest BIC (``other`` when no family explains
+it), so a Gaussian centroid is named ``gauss`` and an identity centroid ``delta``, not ``dog_on``. Every kernel is
+also named on its own the same way, for the per-layer family shares. A kernel counts as *classified* when its
 correlation with its cluster's centroid reaches ``threshold``. Every random choice (autoencoder init, batch order,
 k-means starts) comes from ``seed``.
 """
@@ -20,8 +22,8 @@ import torch
 from torch import nn
 
 from datamodules.errors import UserError
-from pipeline.filters.dog import DOG_FIT_R2, FamilyFit, best_fit_r2, fit_kernel
 from pipeline.filters.extract import KernelSet
+from pipeline.filters.families import MIN_R2, NAMES, SHARE_KEYS, FamilyResult, classify
 
 
 @dataclass
@@ -34,6 +36,8 @@ class ClusterOptions:
     threshold: float = 0.8  # correlation with the centroid to count as classified
     sign: str = "keep"  # keep | canonical (flip so the largest-magnitude entry is positive)
     seed: int = 0
+    min_r2: float = MIN_R2  # a kernel or centroid no family explains this well is "other"
+    criterion: str = "bic"  # bic | aic
 
 
 def normalise_kernels(kernels: np.ndarray, sign: str = "keep") -> np.ndarray:
@@ -90,12 +94,12 @@ class ClusterResult:
     labels: np.ndarray  # (N,) cluster of each kernel
     similarity: np.ndarray  # (N,) correlation with its cluster's centroid
     centroids: np.ndarray  # (k, h, w), zero mean, unit norm
-    fits: list[FamilyFit]
+    fits: FamilyResult  # the centroids' family fits (least-squares refined)
     names: list[str]
     sources: np.ndarray  # (N,) source label
     units: np.ndarray  # (N,) unit index
     channels: np.ndarray
-    fit_r2: np.ndarray  # (N,) each kernel's best DoG-family grid fit R^2
+    families: FamilyResult  # every kernel's own family fit
     reconstruction_mse: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,14 +108,15 @@ class ClusterResult:
         return self.similarity >= self.options.threshold
 
     def layer_shares(self) -> list[dict[str, Any]]:
-        """Per (source, unit): the share of its kernels in each cluster, the share classified, the DoG-fit share."""
+        """Per (source, unit): its kernels' family shares (``family_*``), the share classified, cluster shares."""
         rows = []
         for source in dict.fromkeys(self.sources.tolist()):
             for unit in sorted(set(self.units[self.sources == source].tolist())):
                 mask = (self.sources == source) & (self.units == unit)
                 row: dict[str, Any] = {"source": source, "unit": unit, "kernels": int(mask.sum()),
-                                       "classified": round(float(self.classified[mask].mean()), 4),
-                                       "dog_fit": round(float((self.fit_r2[mask] >= DOG_FIT_R2).mean()), 4)}
+                                       "classified": round(float(self.classified[mask].mean()), 4)}
+                shares = self.families.shares(mask)
+                row.update({f"family_{k}": round(shares[k], 4) for k in SHARE_KEYS})
                 for c, name in enumerate(self.names):
                     row[f"c{c}_{name}"] = round(float((self.labels[mask] == c).mean()), 4)
                 rows.append(row)
@@ -119,14 +124,17 @@ class ClusterResult:
 
     def summary(self) -> dict[str, Any]:
         clusters = []
-        for c, (fit, name) in enumerate(zip(self.fits, self.names, strict=True)):
+        for c, name in enumerate(self.names):
             mask = self.labels == c
             clusters.append({"cluster": c, "name": name, "kernels": int(mask.sum()),
                              "share": round(float(mask.mean()), 4),
                              "classified": round(float(self.classified[mask].mean()) if mask.any() else 0.0, 4),
-                             "fit": fit.to_json()})
+                             "fit": self.fits.row(c)})
+        shares = self.families.shares()
         return {"options": asdict(self.options), "kernels": len(self.labels),
                 "classified": round(float(self.classified.mean()), 4),
+                "family_shares": {k: round(shares[k], 4) for k in SHARE_KEYS},
+                "family_kernels_per_second": round(self.families.kernels_per_second, 1),
                 "reconstruction_mse": self.reconstruction_mse, "clusters": clusters, **self.extra}
 
 
@@ -159,10 +167,11 @@ def cluster_kernels(sets: list[KernelSet], options: ClusterOptions) -> ClusterRe
         if len(members):
             centroids[c] = normalise_kernels(members.mean(axis=0, keepdims=True).reshape(1, *shape))[0]
     similarity = np.einsum("nd,nd->n", data, centroids[labels])
-    fits = [fit_kernel(c.reshape(shape))[0] for c in centroids]
-    names = _unique([f.name for f in fits])
+    fits = classify(centroids.reshape(-1, *shape), options.min_r2, options.criterion, refine=True)
+    names = _unique(fits.family.tolist())
+    families = classify(kernels, options.min_r2, options.criterion)
     return ClusterResult(options, labels, similarity, centroids.reshape(-1, *shape), fits, names, sources,
-                         units, channels, best_fit_r2(kernels)[0], mse)
+                         units, channels, families, mse)
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -186,13 +195,19 @@ def write_cluster_outputs(result: ClusterResult, out_dir: str | Path, dpi: int =
         writer.writerows(shares)
     with (out / "assignments.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["source", "unit", "channel", "cluster", "name", "similarity", "classified"])
-        for s, u, ch, c, sim in zip(result.sources, result.units, result.channels, result.labels,
-                                    result.similarity, strict=True):
+        writer.writerow(["source", "unit", "channel", "cluster", "name", "similarity", "classified", "family",
+                         "family_r2"])
+        for s, u, ch, c, sim, fam, r2 in zip(result.sources, result.units, result.channels, result.labels,
+                                             result.similarity, result.families.family, result.families.r2,
+                                             strict=True):
             writer.writerow([s, int(u), int(ch), int(c), result.names[c], round(float(sim), 4),
-                             int(sim >= result.options.threshold)])
+                             int(sim >= result.options.threshold), fam, round(float(r2), 4)])
     return [out / "clusters.json", out / "layer_shares.csv", out / "assignments.csv",
             *_plot(result, shares, out, dpi)]
+
+
+FAMILY_COLOURS = {"delta": "#7f7f7f", "gauss": "#ff7f0e", "dog_on": "#d62728", "dog_off": "#1f77b4",
+                  "d1": "#2ca02c", "laplacian": "#9467bd", "d2": "#8c564b", "other": "#e8e8e8"}
 
 
 def _plot(result: ClusterResult, shares: list[dict[str, Any]], out: Path, dpi: int) -> list[Path]:
@@ -207,7 +222,7 @@ def _plot(result: ClusterResult, shares: list[dict[str, Any]], out: Path, dpi: i
         cen = result.centroids[c]
         peak = float(np.abs(cen).max()) or 1.0
         ax.imshow(cen / peak, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-        ax.set_title(f"{result.names[c]}\nR²={result.fits[c].r2:.2f} "
+        ax.set_title(f"{result.names[c]}\nR²={result.fits.r2[c]:.2f} "
                      f"{(result.labels == c).mean():.0%}", fontsize=6)
         ax.set_axis_off()
     fig.tight_layout()
@@ -215,8 +230,17 @@ def _plot(result: ClusterResult, shares: list[dict[str, Any]], out: Path, dpi: i
     fig.savefig(centroids_png)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * len(shares) + 1.5), 2.6), dpi=dpi)
+    fig, (fam_ax, ax) = plt.subplots(2, 1, figsize=(max(3.5, 0.45 * len(shares) + 2.0), 4.6), dpi=dpi,
+                                     sharex=True)
     labels = [f"{r['source'][:12]}:{r['unit']}" for r in shares]
+    bottom = np.zeros(len(shares))
+    for name in NAMES:  # each family apart: a delta or a Gaussian is not counted as a DoG
+        values = np.array([r[f"family_{name}"] for r in shares])
+        fam_ax.bar(range(len(shares)), values, bottom=bottom, color=FAMILY_COLOURS[name], label=name)
+        bottom += values
+    fam_ax.set_ylabel("family share (BIC)", fontsize=7)
+    fam_ax.set_ylim(0, 1)
+    fam_ax.legend(fontsize=5, bbox_to_anchor=(1.01, 1), loc="upper left")
     bottom = np.zeros(len(shares))
     cmap = plt.get_cmap("tab10" if k <= 10 else "tab20")
     for c, name in enumerate(result.names):
@@ -225,7 +249,7 @@ def _plot(result: ClusterResult, shares: list[dict[str, Any]], out: Path, dpi: i
         bottom += values
     ax.plot(range(len(shares)), [r["classified"] for r in shares], "k.-", label="classified")
     ax.set_xticks(range(len(shares)), labels, rotation=60, fontsize=6, ha="right")
-    ax.set_ylabel("share of the unit's kernels", fontsize=7)
+    ax.set_ylabel("cluster share", fontsize=7)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=5, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()

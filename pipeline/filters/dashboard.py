@@ -1,8 +1,10 @@
-"""A finished cell's filters on its W&B run: the Figure-1 grid and, for DS-CNNs, the per-layer DoG-fit share.
+"""A finished cell's filters on its W&B run: the Figure-1 grid and, for DS-CNNs, the per-layer family shares.
 
-DoG-fit share of a depthwise unit: the share of its kernels whose best fit by the DoG family of
-:mod:`pipeline.filters.dog` (any member, any sign; amplitude and offset free) explains at least
-:data:`DOG_FIT_R2` of the kernel's variance (R^2 about its mean), using the vectorised grid fit.
+Family share of a depthwise unit: the share of its kernels that :func:`pipeline.filters.families.classify` names
+each family (lowest BIC over centre delta, Gaussian, on / off DoG, first derivative, Laplacian, second derivative;
+``other`` when the chosen fit explains under :data:`MIN_R2` of the kernel's variance). Deltas and Gaussians are
+their own families, so ``filters/share/dog`` (on + off) no longer counts identities and blobs as DoGs, as the
+fit-only ``filters/dog_share`` of before did.
 """
 
 from __future__ import annotations
@@ -13,25 +15,30 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.filters.dog import DOG_FIT_R2, dog_fit_shares
 from pipeline.filters.extract import extract_kernels
+from pipeline.filters.families import MIN_R2, SHARE_KEYS, unit_shares
 from pipeline.filters.grid import draw_grid
 
 
-def filter_metrics(model: nn.Module, arch: str, threshold: float = DOG_FIT_R2) -> dict[str, float]:
-    """``filters/dog_share/unit_<i>`` per depthwise unit and their mean ``filters/dog_share``; {} without units."""
+def filter_metrics(model: nn.Module, arch: str, min_r2: float = MIN_R2) -> dict[str, float]:
+    """``filters/share/<family>/unit_<i>`` per depthwise unit and their kernel-weighted mean
+    ``filters/share/<family>``, for every family, ``dog`` (on + off) and ``other``; {} without units."""
     kset = extract_kernels(model, arch, arch)
     if not kset.num_units:
         return {}
-    shares = dog_fit_shares(kset, threshold)
-    metrics = {f"filters/dog_share/unit_{i}": round(s, 4) for i, s in enumerate(shares, 1)}
+    shares = unit_shares(kset, min_r2)
     counts = [len(k) for k in kset.kernels]
-    metrics["filters/dog_share"] = round(sum(s * c for s, c in zip(shares, counts, strict=True)) / sum(counts), 4)
+    metrics: dict[str, float] = {}
+    for key in SHARE_KEYS:
+        for i, s in enumerate(shares, 1):
+            metrics[f"filters/share/{key}/unit_{i}"] = round(s[key], 4)
+        metrics[f"filters/share/{key}"] = round(sum(s[key] * c for s, c in zip(shares, counts, strict=True))
+                                                / sum(counts), 4)
     return metrics
 
 
 def log_filters(loggers: list[Any], model: nn.Module, arch: str, label: str) -> dict[str, float]:
-    """Log the grid image and the DoG-fit shares to every W&B logger; nothing for models without depthwise units."""
+    """Log the grid image and the family shares to every W&B logger; nothing for models without depthwise units."""
     from lightning.pytorch.loggers import WandbLogger
 
     wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]

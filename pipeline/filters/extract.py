@@ -109,9 +109,14 @@ def load_kernel_set(path: str | Path) -> KernelSet:
 
 
 def kernels_from(src: str, file: str | None = None) -> KernelSet:
-    """Kernels of any source: an extracted ``.npz`` or a filter bank ``.txt`` directly, the rest via its model."""
+    """Kernels of any source: an extracted ``.npz``, an ``.onnx`` file or a filter bank ``.txt`` directly, the rest
+    via its model."""
     if src.endswith(".npz"):
         return load_kernel_set(src)
+    if src.endswith(".onnx"):
+        from pipeline.filters.onnx_source import load_onnx_kernels
+
+        return load_onnx_kernels(src)
     if src.endswith(".txt") or src == "published":
         from pipeline.filters.bank import read_filter_bank, resolve_bank_path
 
