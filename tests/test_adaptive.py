@@ -205,14 +205,14 @@ def test_bad_adaptive_specs_are_one_line(tmp_path: Path, depths: dict[str, Any],
 # ---- a real run ---------------------------------------------------------------------------------------------
 TINY = {
     "name": "tiny", "seeds": [0],
-    "data": {"image_size": 32, "batch_size": 64, "max_train_samples": 256, "max_val_samples": 256},
+    "data": {"image_size": 32, "batch_size": 64, "max_train_samples": 2048, "max_val_samples": 2000},
     "datasets": {"A": {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}, "half": "A"},
                  "B": {"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}, "half": "B"}},
     "transfers": [{"source": "A", "target": "B"}],
     "archs": [{"arch": "convnext_demo", "unit_kind": "depthwise"}],
     "variants": ["AnB"],
-    "train": {"optim": {"name": "adamw", "lr": 0.004, "warmup_steps": 2},
-              "trainer": {"max_epochs": 1, "progress_bar": False, "log_every_n_steps": 2, "accelerator": "cpu"}},
+    "train": {"optim": {"name": "adamw", "lr": 0.004, "weight_decay": 0.05, "warmup_steps": 10},
+              "trainer": {"max_epochs": 2, "progress_bar": False, "log_every_n_steps": 4, "accelerator": "cpu"}},
 }
 
 
@@ -240,9 +240,12 @@ def test_adaptive_run_trains_a_subset_of_the_full_grid_with_equal_numbers(tmp_pa
     assert {c.id for c in adaptive.cells} < {c.id for c in full.cells}
     assert len(adaptive.cells) == 2 + 3
 
-    from launch.sweep_run import run_sweep
+    from launch.executors import LocalExecutor
+    from launch.sweep import materialize_configs, write_plan
 
-    assert run_sweep(full_yaml, slots=2, progress=False) == 0
+    write_plan(full)
+    materialize_configs(full, full.cells)
+    assert not LocalExecutor(slots=2, progress=False).run(full, full.cells).failed
     a_rows, _ = write_report(tmp_path / "adaptive")
     f_rows, _ = write_report(tmp_path / "full")
     keep = ("cell_id", "depth", "top1", "relative_top1")
