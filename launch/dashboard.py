@@ -7,7 +7,7 @@ of auto-generated panels; this module builds the three views a reader of the pap
 1. **the figure of the sweep's kind**: the report's figure and tables (relative top-1 by depth with its CI, per
    arch and variant) and, live from the cells' own runs, top-1 by transfer depth;
 2. **training health**: loss, top-1, learning rates, images/s, data-wait share, memory, step time;
-3. **the filter grids** of the DS-CNN cells (Figure-1 grids and DoG-fit shares per depthwise unit).
+3. **the filter grids** of the DS-CNN cells (Figure-1 grids, kernel-family shares, DoG share per unit).
 
 The runset is filtered to the sweep's W&B group(s) and grouped by arch and variant, one workspace per W&B
 (entity, project) the sweep's cells log to (read from the planned cell configs, never assumed).
@@ -77,8 +77,11 @@ EPOCH_TIME = "perf/epoch_time_s"
 HOST_MEMORY = "perf/peak_host_memory_gb"
 DEVICE_MEMORY = "perf/peak_device_memory_gb"  # CUDA runs only
 FILTER_GRID = "filters/grid"
-DOG_SHARE = "filters/dog_share"
-DOG_SHARE_UNIT = "filters/dog_share/unit_{}"  # 1-based, one per depthwise unit
+# kernel shares per family (pipeline/filters/families.py SHARE_KEYS, whose scipy import would cost a login-node
+# command 2 s; tests/test_dashboard.py checks the two agree): over all depthwise kernels, and per unit (1-based)
+SHARE_FAMILIES = ("delta", "gauss", "dog", "dog_on", "dog_off", "d1", "laplacian", "d2", "other")
+FAMILY_SHARE = "filters/share/{}"
+FAMILY_SHARE_UNIT = "filters/share/{}/unit_{}"
 # config keys of a cell's run (the planner's labels, launch.sweep.build_config; W&B config = the cell config)
 ARCH, VARIANT, DEPTH, SOURCE, TARGET = (f"labels.{k}" for k in ("arch", "variant", "depth", "source", "target"))
 GROUP_BY = (ARCH, VARIANT)
@@ -169,14 +172,18 @@ def health_panels(wr: Any) -> list[Any]:
 
 
 def filter_panels(units: int, wr: Any) -> list[Any]:
-    """The Figure-1 grid each finished DS-CNN cell logs, and its DoG-fit share per depthwise unit."""
+    """The Figure-1 grid each finished DS-CNN cell logs, its kernels' family shares, and the DoG share per unit."""
+    dog = FAMILY_SHARE.format("dog")
     return [wr.MediaBrowser(title="filter grids: first, middle, last depthwise unit", media_keys=[FILTER_GRID],
                             gallery_axis="run", layout=wr.Layout(w=16, h=10)),
-            wr.BarPlot(title="DoG-fit share (all depthwise kernels)", metrics=[wr.SummaryMetric(DOG_SHARE)],
+            wr.BarPlot(title="DoG share (on + off, all depthwise kernels) per variant", metrics=[wr.SummaryMetric(dog)],
                        groupby=wr.Config(VARIANT), groupby_aggfunc="mean", groupby_rangefunc="stderr"),
-            wr.BarPlot(title="DoG-fit share per depthwise unit",
-                       metrics=[wr.SummaryMetric(DOG_SHARE_UNIT.format(i)) for i in range(1, units + 1)],
-                       orientation="v", layout=wr.Layout(w=24, h=8))]
+            wr.BarPlot(title="kernel families (share of all depthwise kernels)",
+                       metrics=[wr.SummaryMetric(FAMILY_SHARE.format(f)) for f in SHARE_FAMILIES],
+                       orientation="v", layout=wr.Layout(w=12, h=8)),
+            wr.BarPlot(title="DoG share per depthwise unit",
+                       metrics=[wr.SummaryMetric(FAMILY_SHARE_UNIT.format("dog", i)) for i in range(1, units + 1)],
+                       orientation="v", layout=wr.Layout(w=12, h=8))]
 
 
 def workspace_name(plan: SweepPlan, target: Target) -> str:

@@ -193,17 +193,21 @@ def test_offline_dashboard_of_the_demo_sweep_shows_what_its_cells_log(tmp_path: 
     lr_keys = [f"lr-{opt}/pg{i}" for opt in ("AdamW", "SGD") for i in (1, 2)] + ["lr-AdamW"]
     assert all(re.fullmatch(lr.metric_regex, k) for k in lr_keys)  # LearningRateMonitor's names
     assert not any(re.fullmatch(lr.metric_regex, k) for k in shown)
-    # (3) filter grids: what pipeline/filters/dashboard.py logs, one DoG share per depthwise unit of the sweep
+    # (3) filter grids: what pipeline/filters/dashboard.py logs, one DoG-share bar per depthwise unit of the sweep
+    from pipeline.filters.families import SHARE_KEYS
+
+    assert dash.SHARE_FAMILIES == SHARE_KEYS
     filters = panels(workspace, dash.FILTER_SECTION)
     logged = logged_in_source("pipeline/filters/dashboard.py", ("filters/",))
     assert {k for p in filters if type(p).__name__ == "MediaBrowser" for k in p.media_keys} <= logged
     units = max(unit_count(c.arch, "depthwise") for c in plan.cells)
     bars = [names(p.metrics) for p in filters if type(p).__name__ == "BarPlot"]
-    per_unit = max(bars, key=len)
-    assert len(per_unit) == units == 5
+    assert units == 5 and [f"unit_{i}" for i in range(1, units + 1)] in [[k.split("/")[-1] for k in b] for b in bars]
+    share = re.compile(r"(filters/share/)([a-z0-9_]+)(/unit_(\d+))?")  # f"filters/share/{key}[/unit_{i}]" there
     for key in {k for b in bars for k in b}:
-        prefix = key.rstrip("0123456789")
-        assert key in logged or prefix in logged, key  # "filters/dog_share/unit_" + i: an f-string there
+        m = share.fullmatch(key)
+        assert m and m.group(1) in logged and m.group(2) in SHARE_KEYS, key
+        assert m.group(4) is None or 1 <= int(m.group(4)) <= units
 
 
 @pytest.mark.usefixtures("offline")
