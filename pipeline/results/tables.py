@@ -5,6 +5,10 @@ the cell's target dataset (its id is in the cell's labels, written by the sweep 
 these units cost nothing". The summary aggregates over seeds per (arch, source arch, unit kind, source -> target,
 variant, depth): n, mean, sample std and a Student-t 95% confidence interval of the mean.
 
+Each row also carries the cell's ``transfer_signal`` summary (result.json; pipeline.transfer.signal) and its
+validation size, so :func:`indistinguishable` can mark groups whose variants agree within the validation noise
+while their transferred units are silent (summary.csv's ``note`` column).
+
 The figures per experiment kind live in :mod:`pipeline.results.figures`; :mod:`pipeline.results.report`
 puts tables and figures together.
 """
@@ -23,9 +27,15 @@ from datamodules.errors import UserError
 
 COLUMNS = ("cell_id", "stage", "arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant",
            "depth", "seed", "top1", "top5", "reference_id", "reference_top1", "relative_top1", "trainable_params",
-           "frozen_params", "steps", "wall_time_s")
+           "frozen_params", "steps", "wall_time_s", "val_samples", "signal_logit_change", "signal_block_change",
+           "signal_layer_scale")
 GROUP = ("arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant", "depth")
-SUMMARY_COLUMNS = (*GROUP, "n", "mean", "std", "ci95_low", "ci95_high")
+SUMMARY_COLUMNS = (*GROUP, "n", "mean", "std", "ci95_low", "ci95_high", "note")
+SILENT_NOTE = "variants indistinguishable: the transferred units are silent"
+# a transferred unit is *silent* when replacing it by random weights moves the model's logits by less than this
+# (relative L2 change on a fixed validation batch; see pipeline.transfer.signal): 1% is orders of magnitude above
+# what ConvNeXt's 1e-6 layer scale lets through and orders below what a block that learned changes
+SILENT_BELOW = 0.01
 MANIFEST = "manifest.json"  # written by launch.sweep (read here as plain JSON: pipeline never imports launch)
 
 
@@ -62,8 +72,16 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "top1": result.get("top1"), "top5": result.get("top5"), "reference_id": labels.get("reference"),
             "trainable_params": result.get("trainable_params"), "frozen_params": result.get("frozen_params"),
             "steps": result.get("steps"), "wall_time_s": result.get("wall_time_s"),
+            "val_samples": result.get("val_samples"), **_signal_columns(result.get("transfer_signal")),
         })
     return add_relative(rows)
+
+
+def _signal_columns(signal: Any) -> dict[str, Any]:
+    """The summary of result.json's ``transfer_signal`` (written by pipeline.transfer.signal) as flat columns."""
+    signal = signal if isinstance(signal, dict) else {}
+    return {"signal_logit_change": signal.get("logit_change"), "signal_block_change": signal.get("block_change_max"),
+            "signal_layer_scale": signal.get("layer_scale_mean")}
 
 
 def add_relative(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,6 +122,69 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "ci95_low": mean - half, "ci95_high": mean + half})
     out.sort(key=lambda s: tuple(str(s[k]) if k != "depth" else (s[k] or 0) for k in GROUP))
     return out
+
+
+def indistinguishable(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Groups whose variants cannot be told apart *because* the transferred units carry no signal.
+
+    A group is one (arch, source arch, unit kind, target): every variant and depth trained on that target. It is
+    marked when both hold:
+
+    * **agree within the validation noise**: the spread (max - min) of the group's mean relative top-1 over its
+      (variant, depth, source) rows is at most the 95% noise band of one measurement, 1.96 x the binomial standard
+      error of top-1 on the validation set, sqrt(p (1 - p) / n_val) / p (p = the reference's top-1, n_val its
+      validation images), or the widest 95% CI half-width over seeds in the group when that is wider;
+    * **silent**: every cell of the group that recorded a signal moved its logits by less than
+      :data:`SILENT_BELOW` when its transferred units were replaced by random ones, and at least one did.
+
+    Either alone says little: variants agree when transfer costs nothing, and silent units can still be the
+    point of an experiment; together they say that no frozen filter could have changed a prediction.
+    Returns one dict per marked group: its key columns, spread, noise band, largest signal and the note.
+    """
+    by_group: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for s in summary:
+        by_group[(s["arch"], s["source_arch"], s["unit_kind"], s["target"])].append(s)
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["stage"] == "transfer" and r["relative_top1"] is not None:
+            cells[(r["arch"], r["source_arch"], r["unit_kind"], r["target"])].append(r)
+    marked = []
+    for key, members in by_group.items():
+        if len(members) < 2:
+            continue  # one variant: nothing to tell apart
+        signals = [r["signal_logit_change"] for r in cells[key] if r.get("signal_logit_change") is not None]
+        if not signals or max(signals) >= SILENT_BELOW:
+            continue
+        refs = [r for r in cells[key] if r.get("reference_top1")]
+        n_val = [r["val_samples"] for r in cells[key] if r.get("val_samples")]
+        noise = 0.0
+        if refs and n_val:
+            p = statistics.fmean(r["reference_top1"] for r in refs)
+            noise = 1.96 * math.sqrt(max(p * (1 - p), 0.0) / statistics.median(n_val)) / p if p > 0 else 0.0
+        noise = max(noise, *(s["ci95_high"] - s["mean"] for s in members))
+        means = [s["mean"] for s in members]
+        spread = max(means) - min(means)
+        if spread <= noise:
+            marked.append({"arch": key[0], "source_arch": key[1], "unit_kind": key[2], "target": key[3],
+                           "variants": len(members), "spread": spread, "noise": noise, "signal_max": max(signals),
+                           "note": SILENT_NOTE})
+    return marked
+
+
+def mark_summary(summary: list[dict[str, Any]], marked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Put each marked group's note into the ``note`` column of its summary rows (summary.csv)."""
+    keys = {(m["arch"], m["source_arch"], m["unit_kind"], m["target"]) for m in marked}
+    for s in summary:
+        s["note"] = SILENT_NOTE if (s["arch"], s["source_arch"], s["unit_kind"], s["target"]) in keys else ""
+    return summary
+
+
+def marked_lines(marked: list[dict[str, Any]]) -> list[str]:
+    """One human line per marked group (summary.md, the figure's footer, the terminal)."""
+    return [f"{m['note']} ({m['arch']}{' <- ' + m['source_arch'] if m['source_arch'] not in (None, m['arch']) else ''}"
+            f"{', ' + m['unit_kind'] if m['unit_kind'] else ''} -> {m['target']}: {m['variants']} variants within "
+            f"{m['spread']:.4f} of each other, noise band {m['noise']:.4f}; randomising the units moved the logits "
+            f"by at most {m['signal_max']:.2g})" for m in marked]
 
 
 def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: tuple[str, ...] = COLUMNS) -> Path:

@@ -41,6 +41,7 @@ from pipeline.training.resume import (
     newest_valid_checkpoint,
 )
 from pipeline.transfer.apply import TransferSpec
+from pipeline.transfer.signal import cell_signal
 
 EMA_WEIGHTS_FILE = "weights_ema.safetensors"  # the EMA copy (model.ema), a plain timm state_dict like weights
 
@@ -252,6 +253,7 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
         "trainable_params": module.trainable_parameters(),
         "frozen_params": module.frozen_parameters(),
         "transfer": module.applied.to_json() if module.applied else None,
+        "transfer_signal": cell_signal(module, datamodule),  # can the transferred units change a prediction?
         "labels": cfg.labels,
         **datamodule.describe(),
     }
