@@ -115,7 +115,8 @@ def print_status(target: str | list[str], only: list[str] | None = None, limit: 
     if len(per_sweep) > 1:
         width = max(map(len, per_sweep))
         console.print("per sweep (shared cells count in each):")
-        for name, counter in per_sweep.items():
+        order = [s["name"] for s in plan.sweeps] or list(per_sweep)
+        for name, counter in sorted(per_sweep.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
             console.print(f"  {name:<{width}}  " + "  ".join(f"{s}: {counter[s]}" for s in STATES)
                           + f"  total: {sum(counter.values())}", markup=False, highlight=False)
     return 0
