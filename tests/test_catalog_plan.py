@@ -169,13 +169,9 @@ def test_two_concurrent_runs_over_one_store_train_each_cell_once(tmp_path: Path)
     assert [p.returncode for p in procs] == [0, 0], outputs
     plan = plan_catalog([one])
     assert all(read_result(c.run_dir) for c in plan.cells)
-    trained: Counter[str] = Counter()  # `mkf train` prints top-1 only after training the cell itself
-    waited = 0
-    for name in ("one", "two"):
-        for log in (tmp_path / "results" / name / "logs").glob("*.log"):
-            text = log.read_text()
-            trained[log.stem] += text.count("top-1")
-            waited += "being trained by" in text or "finished by another sweep" in text
-    assert trained == {c.id: 1 for c in plan.cells}, trained
-    assert waited >= 1, "the runs overlapped on at least one cell"
+    # a training start opens a new Lightning log version in the run dir (a second start, even a resume, another)
+    starts = {c.id: len(list((Path(c.run_dir) / "logs").glob("version_*"))) for c in plan.cells}
+    assert starts == {c.id: 1 for c in plan.cells}, starts
+    logs = "".join(p.read_text() for name in ("one", "two") for p in (tmp_path / "results" / name).rglob("*.log"))
+    assert "being trained by" in logs or "finished by another sweep" in logs, "the runs overlapped on a cell"
     assert not list((tmp_path / "results" / "cells").glob("*.claim")), "every claim released"
