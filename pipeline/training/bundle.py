@@ -9,7 +9,8 @@ before it in the same process:
 - process-wide state a cell may change is saved before it and put back after it (:class:`ProcessState`): the
   environment (``PL_GLOBAL_SEED`` and friends), every RNG, torch's global flags (deterministic algorithms, cuDNN,
   TF32, matmul precision, threads, default dtype), Lightning's rank, signal handlers and mask, warning filters;
-- what a cell leaves open is closed after it (:func:`release`): its W&B run and service, a process group,
+- what a cell leaves open is closed after it (:func:`release`): its W&B run (the service process stays: after
+  ``wandb.teardown()`` wandb 0.31 cannot start another run in the process), a process group,
   cyclic garbage; glibc is asked to return freed heap to the OS, so a worker's memory does not creep;
 - a cell's output goes to its own log file at the file-descriptor level (:func:`cell_output`), so C/C++ code,
   Lightning's logging and subprocesses inherit it, not only ``print``.
@@ -159,9 +160,7 @@ def release() -> None:
     if wandb is not None:
         with contextlib.suppress(Exception):
             if wandb.run is not None:
-                wandb.finish(quiet=True)
-        with contextlib.suppress(Exception):
-            wandb.teardown()  # its service process: the next cell's run gets its own, as a fresh process would
+                wandb.finish()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     gc.collect()
