@@ -45,7 +45,7 @@ def sweep_files(paths: list[str | Path] | str | Path) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise UserError(f"{path} does not exist; pass sweep YAMLs or a folder of them (e.g. configs/paper/)")
+            raise UserError(f"{path} does not exist; check the path: pass sweep YAMLs or a folder of them, e.g. configs/paper/")
     return list(dict.fromkeys(files))
 
 
@@ -64,6 +64,7 @@ def plan_catalog(paths: list[str | Path] | str | Path, name: str | None = None) 
         sweep = load_sweep(f)
         plan = plan_sweep(sweep)
         plan.slurm = sweep.slurm  # type: ignore[attr-defined]
+        plan.sweep = sweep  # type: ignore[attr-defined]  # its prepare: writes and adaptive rounds
         plans.append(plan)
     if len(plans) == 1:
         plans[0].parts = [plans[0]]  # type: ignore[attr-defined]

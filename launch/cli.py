@@ -96,6 +96,7 @@ def cmd_sweep_advance(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_cancel(args: argparse.Namespace) -> int:
+    from launch.adaptive import cancel_planner
     from launch.catalog import parts, resolve_targets
     from launch.executors import executors_used
 
@@ -104,6 +105,7 @@ def cmd_sweep_cancel(args: argparse.Namespace) -> int:
     for p in {id(p): p for p in [plan, *parts(plan)]}.values():  # a catalog run, and each sweep run on its own
         for e in executors_used(p):
             stopped.setdefault(e.name, []).extend(e.cancel(p))
+        stopped.setdefault("adaptive planner", []).extend(cancel_planner(p))
     if not any(stopped.values()):
         console.print("nothing running or queued for this sweep")
     for name, ids in stopped.items():

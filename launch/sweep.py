@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import UserError
-from launch.adaptive import depth_grid
+from launch.adaptive import depth_grid, with_rounds
 from launch.sweep_schema import STAGES, TRAIN_SECTIONS, ArchSpec, SweepConfig, load_sweep, parse_sweep
 from launch.variants import VARIANTS, Variant, get_variant
 from pipeline.config import CellConfig, MappingConfig, dump_yaml, to_dict
@@ -292,7 +292,7 @@ def plan_sweep(sweep: SweepConfig) -> SweepPlan:
                     for depth in [None] if variant.depthless else depths:
                         planner.transfer(entry, variant, pair.source, pair.target, depth, seed)
     planner.plan.cells.extend(planner.transfer_cells)
-    return planner.plan
+    return with_rounds(sweep, planner.plan)  # an adaptive sweep under way: every round planned so far
 
 
 def manifest_dict(plan: SweepPlan) -> dict[str, Any]:

@@ -9,29 +9,61 @@ once, in one submission. Cells finished in a shared store by any sweep count as 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from datamodules.errors import UserError
 from launch.console import console, err_console
 from launch.sweep_view import print_plan
+
+
+def merge_jobs(per_sweep: list[list[Any]]) -> list[Any]:
+    """The writes of several sweeps, one per output folder: sweeps sharing shards share one write."""
+    jobs: dict[str, Any] = {}
+    for job in (j for jobs_of in per_sweep for j in jobs_of):
+        seen = jobs.get(str(job.out))
+        if seen is None:
+            jobs[str(job.out)] = job
+        elif seen.spec != job.spec:
+            raise UserError(f"two sweeps prepare the shards {job.out} with other arguments (roles "
+                            f"{', '.join(seen.roles)} and {', '.join(job.roles)}); give one of them another data.shards")
+        else:
+            seen.roles.extend(r for r in job.roles if r not in seen.roles)
+    return list(jobs.values())
 
 
 def run_sweep(sweep_path: str | Path | list[str | Path], executor_name: str = "local", slots: int = 1,
               progress: bool = True, profile: str | None = None, profiles_file: str | None = None,
               dry_run: bool = False) -> int:
     """Plan, write the manifest(s), run (or submit) every cell that is not finished; finished cells are skipped."""
-    from launch.catalog import plan_catalog, slurm_section, write_catalog
+    from launch.adaptive import is_adaptive, run_rounds
+    from launch.catalog import parts, plan_catalog, slurm_section, sweep_files, write_catalog
     from launch.cell_state import cell_state, clear_failure
     from launch.executors import executor_class
+    from launch.prepare import prepare_jobs, run_prepare_local
     from launch.sweep import materialize_configs
 
     cls = executor_class(executor_name)
-    plan = plan_catalog(sweep_path)
+    files = sweep_files(sweep_path)
+    plan = plan_catalog(files)
+    adaptive = [p for p in parts(plan) if is_adaptive(p.sweep)]  # type: ignore[attr-defined]
+    if adaptive and len(files) == 1:  # its rounds: train, refine where the curve moves, train again
+        writes = prepare_jobs(adaptive[0].sweep)  # type: ignore[attr-defined]
+        if executor_name == "local" and not dry_run:
+            run_prepare_local(writes, progress=progress, log=console.print)
+        return run_rounds(files[0], executor_name, slots, progress, profile, profiles_file, dry_run)
+    for part in adaptive:
+        err_console.print(f"sweep {part.name}: adaptive depths run their rounds one sweep at a time; this catalog run "
+                          f"trains its current round only (then `mkf sweep run` its file for the next rounds)")
+    writes = merge_jobs([prepare_jobs(p.sweep) for p in parts(plan)])  # type: ignore[attr-defined]
     executor = cls.from_options({"slots": slots, "progress": progress, "profile": profile,
-                                 "profiles_file": profiles_file, "dry_run": dry_run,
+                                 "profiles_file": profiles_file, "dry_run": dry_run, "prepare": writes,
                                  "sweep_slurm": slurm_section(plan, profile)})
     if dry_run:
         print_plan(plan)
     else:
         write_catalog(plan)
+        if executor_name == "local":  # the shards the cells read are written first, here, with a progress bar
+            run_prepare_local(writes, progress=progress, log=console.print)
     states = {c.id: cell_state(plan, c) for c in plan.cells}
     todo = [c for c in plan.cells if states[c.id] != "finished"]
     skipped = len(plan.cells) - len(todo)

@@ -88,7 +88,7 @@ class StagesSpec(_Strict):
 
 
 class SlurmSpec(_Strict):
-    profiles: dict[Literal["base", "transfer"], str] = Field(default_factory=dict)
+    profiles: dict[Literal["base", "transfer", "prepare", "report"], str] = Field(default_factory=dict)
 
 
 class ReportSpec(_Strict):
@@ -128,8 +128,18 @@ class SweepConfig(_Strict):
     def dataset_sections(self) -> dict[str, dict[str, Any]]:
         """Role -> the data section its cells use (shared ``data`` defaults merged under each dataset)."""
         if self.datasets is None:  # old format: the split's two halves
-            return {half: {**self.data, "half": half} for half in ("A", "B")}
-        return {role: _merge(self.data, section) for role, section in self.datasets.items()}
+            shared = {k: v for k, v in self.data.items() if k != "prepare"}
+            return {half: {**shared, "half": half} for half in ("A", "B")}
+        return {role: {k: v for k, v in _merge(self.data, section).items() if k != "prepare"}  # cells never see it
+                for role, section in self.datasets.items()}
+
+    def prepare_specs(self) -> dict[str, Any]:
+        """Role -> how its shards are made (a role's ``prepare:``, the arguments of `mkf data write`)."""
+        from launch.prepare import parse_prepare
+
+        raw = ({half: self.data.get("prepare") for half in ("A", "B")} if self.datasets is None
+               else {role: _merge(self.data, section).get("prepare") for role, section in self.datasets.items()})
+        return {role: parse_prepare(role, spec) for role, spec in raw.items() if spec is not None}
 
     def transfer_pairs(self) -> list[TransferPair]:
         if self.transfers is not None:
@@ -206,6 +216,10 @@ def _tag_name(tag: str) -> str:
 def _one_line(exc: ValidationError, root: type[BaseModel] | None = None) -> UserError:
     """pydantic's multi-line report -> the first problem, as one line with the key path and the fix."""
     errors = exc.errors()
+    # a mapping under depths: report what is wrong inside it (not "use 'all' or a list")
+    inside = [e for e in errors if "AdaptiveDepths" in e["loc"] and e["loc"][-1] != "AdaptiveDepths"]
+    if inside:
+        errors = [{**e, "loc": tuple(p for p in e["loc"] if p != "AdaptiveDepths")} for e in inside]
     err = errors[0]
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))  # drop union branch tags
     path = ".".join(str(p) for p in loc) or "sweep"
@@ -309,6 +323,7 @@ def check_sweep(sweep: SweepConfig) -> None:
     sections = sweep.dataset_sections()
     for role, section in sections.items():
         from_dict(DataConfig, section, f"datasets.{role}." if sweep.datasets is not None else "data.")
+    sweep.prepare_specs()
     clash = sorted(set(sections) & set(sweep.sources))
     if clash:
         raise UserError(f"{clash[0]!r} is both a dataset and a source; rename one of them")
@@ -340,7 +355,7 @@ def check_sweep(sweep: SweepConfig) -> None:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in ("slurm", *err["loc"]))
-        raise UserError(f"{where}: {err['msg'].lower()}; use `slurm: {{profiles: {{base: NAME, transfer: NAME}}}}`"
+        raise UserError(f"{where}: {err['msg'].lower()}; use `slurm: {{profiles: {{base: NAME, transfer: NAME, prepare: NAME, report: NAME}}}}`"
                         ) from None
     if isinstance(sweep.depths, list) and not sweep.depths:
         raise UserError("depths is empty; use `all` or a list of integers")

@@ -43,12 +43,20 @@ def plan_summary(plan) -> Table:  # type: ignore[no-untyped-def]
 def print_plan(plan, costs: bool = True) -> None:  # type: ignore[no-untyped-def]
     """The cells (a table, or a summary of a large plan), then one cost table (per sweep, the catalog with each
     cell once and what the store saves), what the store already holds, and any W&B project over its run limit."""
-    from launch.catalog import cost_lines, wandb_warnings
+    from launch.adaptive import adaptive_cost_lines, is_adaptive
+    from launch.catalog import cost_lines, parts, wandb_warnings
+    from launch.schedule_view import print_schedule
 
     console.print(plan_table(plan) if len(plan.cells) <= PLAN_TABLE_MAX else plan_summary(plan))
     if costs:
         for line in cost_lines(plan):
             console.print(line, markup=False, highlight=False)
+        for part in parts(plan):  # an adaptive sweep: its start grid's cost and the worst case
+            sweep = getattr(part, "sweep", None)
+            if sweep is not None and is_adaptive(sweep):
+                for line in adaptive_cost_lines(part, sweep):
+                    console.print(line, markup=False, highlight=False)
+    print_schedule(plan)  # per arch: effective LR, steps per cell, EMA horizon, and what looks wrong
     done = store_finished(plan)
     if done:
         console.print(f"{done:,} of {len(plan.cells):,} cells already finished in the store ({plan.store_dir}): "
@@ -112,6 +120,13 @@ def print_status(target: str | list[str], only: list[str] | None = None, limit: 
                       + f"  total: {sum(counter.values())}")
     total = sum(counts.values(), Counter())
     console.print("   total: " + "  ".join(f"{s}: {total[s]}" for s in STATES) + f"  total: {len(plan.cells)}")
+    from launch.adaptive import adaptive_status_lines
+    from launch.report import report_state
+
+    for p in parts(plan):  # each sweep's own round state and report
+        prefix = f"{p.name}: " if p is not plan else ""
+        for line in [*adaptive_status_lines(p), *report_state(p)]:
+            console.print(prefix + line, markup=False, highlight=False)
     if len(per_sweep) > 1:
         width = max(map(len, per_sweep))
         console.print("per sweep (shared cells count in each):")

@@ -194,7 +194,7 @@ def test_plan_prints_start_worst_and_full_costs(tmp_path: Path) -> None:
     ({"adaptive": {"tolerance": -1}}, "^depths"),
     ({"adaptive": {"start": "stage"}}, "^depths"),
     ({"adaptive": {"start": [1, 40]}}, "depth 40 is outside convnext_tiny's depthwise units 1..18"),
-    ({"adaptive": {"rounds": 2}}, "^depths"),
+    ({"adaptive": {"rounds": 2}}, "^unknown key depths.adaptive.rounds; valid keys here: start, tolerance, max_rounds"),
 ])
 def test_bad_adaptive_specs_are_one_line(tmp_path: Path, depths: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError, match=message):
