@@ -163,6 +163,11 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    if args.cells_per_hour:
+        from launch.bench.sweep_cells import bench_cells
+
+        bench_cells(seeds=args.demo_seeds, slots=args.slots, out_json=args.json, console=console)
+        return 0
     from launch.bench.sweep_submit import bench_sweep
 
     bench_sweep(seeds=args.seeds, arch=args.arch, profile=args.profile, profiles_file=args.profiles,
@@ -340,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="local-test", help="profile used for both stages")
     s.add_argument("--profiles", help="profiles YAML (default: configs/profiles.yaml)")
     s.add_argument("--no-submit", action="store_true", help="only plan (no Slurm needed)")
+    s.add_argument("--cells-per-hour", action="store_true",
+                   help="instead: the demo's cells/hour here, each cell its own process vs bundles (trains)")
+    s.add_argument("--demo-seeds", type=int, default=1, help="--cells-per-hour: seeds of the demo (22 cells each)")
+    s.add_argument("--slots", type=int, default=2, help="--cells-per-hour: cells at once (default 2)")
     s.add_argument("--json", help="also write the figures to this JSON file")
     s.set_defaults(func=cmd_bench_sweep)
 
