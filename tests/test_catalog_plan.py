@@ -175,3 +175,36 @@ def test_two_concurrent_runs_over_one_store_train_each_cell_once(tmp_path: Path)
     logs = "".join(p.read_text() for name in ("one", "two") for p in (tmp_path / "results" / name).rglob("*.log"))
     assert "being trained by" in logs or "finished by another sweep" in logs, "the runs overlapped on a cell"
     assert not list((tmp_path / "results" / "cells").glob("*.claim")), "every claim released"
+
+
+def test_a_report_names_shared_cells_as_its_own_sweep_planned_them(tmp_path: Path) -> None:
+    """A cell of the store was trained for the first sweep and carries its labels; the second sweep calls the same
+    datasets by other role names (Fig. 3's ``manmade`` is reduced_sources' ``manmade_100``), and its report must
+    use those, and only its own cells."""
+    from launch.catalog import parts, write_catalog
+    from pipeline.results.tables import collect
+
+    half = {key: value for key, value in SWEEP["data"].items()}
+    roles = {"first": ("src", "tgt"), "second": ("manmade_100", "natural")}
+    paths = [write(tmp_path, name, variants=["AnB"], data={}, transfers=[{"source": a, "target": b}],
+                   datasets={a: {**half, "half": "A"}, b: {**half, "half": "B"}}) for name, (a, b) in roles.items()]
+    catalog = plan_catalog(paths)
+    write_catalog(catalog)
+    first, second = parts(catalog)
+    assert {c.id for c in first.cells} == {c.id for c in second.cells}  # the same three training runs
+    for cell in first.cells:  # trained once, for the first sweep: its labels in result.json
+        labels = first.configs[cell.id]["labels"]
+        Path(cell.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cell.run_dir) / "result.json").write_text(json.dumps(
+            {"status": "finished", "arch": cell.arch, "seed": cell.seed, "top1": 0.5, "labels": labels}))
+    stray = tmp_path / "results" / "second" / "cells" / "0123456789ab"  # in the folder, not in the plan
+    stray.mkdir(parents=True)
+    (stray / "result.json").write_text(json.dumps({"status": "finished", "arch": "convnext_demo", "top1": 0.1,
+                                                   "labels": {"stage": "base", "variant": "base-x"}}))
+    rows = collect(tmp_path / "results" / "second")
+    assert sorted(r["cell_id"] for r in rows) == sorted(c.id for c in second.cells)
+    assert {r["target"] for r in rows} == {"manmade_100", "natural"}
+    transfer = next(r for r in rows if r["stage"] == "transfer")
+    assert (transfer["source"], transfer["target"]) == ("manmade_100", "natural")
+    assert {r["variant"] for r in rows} == {"AnB", "base-manmade_100", "base-natural"}
+    assert transfer["relative_top1"] == 1.0  # its reference found by the second sweep's id

@@ -55,6 +55,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     cells = root / "cells"
     if not cells.is_dir():
         raise UserError(f"{root} has no cells/ folder; pass a sweep output directory (e.g. results/demo)")
+    planned = _planned_cells(root)
     rows = []
     for path in sorted(cells.glob("*/result.json")):
         try:
@@ -74,7 +75,34 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
             "steps": result.get("steps"), "wall_time_s": result.get("wall_time_s"),
             "val_samples": result.get("val_samples"), **_signal_columns(result.get("transfer_signal")),
         })
+        if planned is not None:  # a cell of a shared store: this sweep's names for it, not its first trainer's
+            cell = planned.get(rows[-1]["cell_id"])
+            if cell is None:
+                rows.pop()  # in the folder but not in this sweep's plan
+                continue
+            rows[-1].update({key: cell.get(field) for key, field in _MANIFEST_FIELDS.items()})
     return add_relative(rows)
+
+
+# row column -> the manifest cell's field (launch.sweep.Cell)
+_MANIFEST_FIELDS = {"stage": "stage", "variant": "variant", "depth": "depth", "unit_kind": "unit_kind",
+                    "source": "source", "target": "target", "source_arch": "source_arch", "reference_id": "reference"}
+
+
+def _planned_cells(root: Path) -> dict[str, dict[str, Any]] | None:
+    """Cell id -> the sweep's manifest entry, or None without a manifest (a folder of run dirs only).
+
+    A cell in a shared store was trained once, for whichever sweep got there first, and its result.json carries
+    that sweep's labels: Fig. 3's ``manmade`` is reduced_sources' ``manmade_100``. The report names it as its own
+    sweep planned it.
+    """
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("kind") == "catalog":
+        return None
+    return {c["id"]: c for c in manifest.get("cells") or [] if isinstance(c, dict) and "id" in c}
 
 
 def _signal_columns(signal: Any) -> dict[str, Any]:
