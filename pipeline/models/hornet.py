@@ -236,6 +236,7 @@ class HorNet(nn.Module):
             kernel_size: int = 7,
             gnconv_scale: float = 1.0 / 3.0,
             layer_scale_init_value: float | None = 1e-6,
+            gnconv_init: str = 'paper',
             head_init_scale: float = 1.0,
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
@@ -255,6 +256,11 @@ class HorNet(nn.Module):
             gnconv_scale: Scale on the depthwise output inside every g^n conv.
             layer_scale_init_value: Initial layer-scale value; None or <= 0 disables layer scale. Through
                 ``timm.create_model`` pass 0, since it silently drops kwargs whose value is None.
+            gnconv_init: ``'paper'`` draws every conv of g^n conv from N(0, 0.02) like the rest of the network.
+                ``'unit_gain'`` draws its 1x1 convs (proj_in, pws, proj_out) with std 1 / sqrt(fan_in), so each
+                factor of the gated product starts with unit gain; the depthwise kernels keep N(0, 0.02) (the
+                filters transferred, initialised as ConvNeXt's are), and ``gnconv_scale`` is what sets their
+                factor's gain (1 / (0.02 * k) makes it one).
             head_init_scale: Multiplier on the initial classifier weights and bias.
             drop_rate: Dropout before the classifier.
             drop_path_rate: Stochastic depth rate, increased linearly over all blocks up to this value.
@@ -313,6 +319,12 @@ class HorNet(nn.Module):
             **dd,
         )
         named_apply(partial(_init_weights, head_init_scale=head_init_scale), self)
+        if gnconv_init not in ('paper', 'unit_gain'):
+            raise ValueError(f"gnconv_init must be 'paper' or 'unit_gain', got {gnconv_init!r}.")
+        if gnconv_init == 'unit_gain':
+            for module in self.modules():
+                if isinstance(module, GnConv):
+                    _init_unit_gain(module)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -370,6 +382,12 @@ def _init_weights(module: nn.Module, name: str | None = None, head_init_scale: f
             module.weight.data.mul_(head_init_scale)
             if module.bias is not None:
                 module.bias.data.mul_(head_init_scale)
+
+
+def _init_unit_gain(gnconv: GnConv) -> None:
+    """LeCun-normal 1x1 convs in one g^n conv (std = 1 / sqrt(in_channels)); the depthwise conv is left as it is."""
+    for conv in (gnconv.proj_in, *gnconv.pws, gnconv.proj_out):
+        trunc_normal_(conv.weight, std=conv.in_channels ** -0.5)
 
 
 _ORIGINAL_KEY_RULES = (
@@ -437,7 +455,7 @@ default_cfgs = generate_default_cfgs({
     'hornet_base_7x7': _cfg(),
     # Not from the paper: a CPU-sized model for tests and smoke runs on CIFAR-sized inputs.
     'hornet_demo': _cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0),
-    'hornet_demo_s1': _cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0),
+    'hornet_demo_ug': _cfg(input_size=(3, 32, 32), pool_size=(1, 1), crop_pct=1.0),
 })
 
 
@@ -465,21 +483,22 @@ def hornet_base_7x7(pretrained: bool = False, **kwargs: Any) -> HorNet:
 @register_model
 def hornet_demo(pretrained: bool = False, **kwargs: Any) -> HorNet:
     """Tiny HorNet (5 blocks, base width 16) for CPU tests; not a paper variant. Its blocks barely learn at the
-    demo's budget (paper scales: layer scale 1e-6, g^n conv 1/3); ``hornet_demo_s1`` is the variant whose do."""
+    demo's budget (paper scales: layer scale 1e-6, g^n conv 1/3); ``hornet_demo_ug`` is the variant whose do."""
     model_args = dict(depths=(1, 1, 2, 1), base_dim=16)
     return _create_hornet('hornet_demo', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
-def hornet_demo_s1(pretrained: bool = False, **kwargs: Any) -> HorNet:
-    """``hornet_demo`` whose blocks learn at a CPU budget: layer scale and g^n conv scale both start at 1.
+def hornet_demo_ug(pretrained: bool = False, **kwargs: Any) -> HorNet:
+    """``hornet_demo`` whose g^n conv starts with unit gain, so its blocks learn at a CPU budget; not a paper variant.
 
-    Not a paper variant. With the paper's 1e-6 layer scale and 1/3 g^n conv scale, the tiny model's g^n conv
-    output is a product of up to five factors with gains ~0.1 (N(0, 0.02) weights at widths 16-128), so at init
-    its depthwise kernels' gradients are ~1e-16 (measured; ConvNeXt's ~1e-10), far below AdamW's eps: after the
-    demo's 3 epochs they are within 0.01-0.1 of their init (relative) and the layer scales stay at 0.001-0.006.
-    Scales of 1 (the same layout and unit plan as ``hornet_demo``) bring the kernels' relative change to
-    convnext_demo's order (docs/studies.md has the numbers).
+    With the paper's init every conv is N(0, 0.02); at the tiny model's widths each factor of the gated product
+    then has a gain of ~0.1 and the g^n conv output of an order-5 block is ~1e-15 of its input: the depthwise
+    kernels' gradients sit ~1e-16 (measured; ConvNeXt's ~1e-10), far below AdamW's eps, and the blocks' spatial
+    branch stays silent (swapping every trained kernel for its init changes no prediction). Here the 1x1 convs of
+    g^n conv are LeCun-normal and the depthwise output is scaled by 1 / (0.02 * 7) instead of 1/3, which gives
+    the 7x7 factor unit gain too; the depthwise kernels keep N(0, 0.02) and the layer scale its paper value 1e-6,
+    as in convnext_demo. Same layout and unit plan as ``hornet_demo``. Numbers in docs/studies.md.
     """
-    model_args = dict(depths=(1, 1, 2, 1), base_dim=16, layer_scale_init_value=1.0, gnconv_scale=1.0)
-    return _create_hornet('hornet_demo_s1', pretrained=pretrained, **dict(model_args, **kwargs))
+    model_args = dict(depths=(1, 1, 2, 1), base_dim=16, gnconv_init='unit_gain', gnconv_scale=1.0 / (0.02 * 7))
+    return _create_hornet('hornet_demo_ug', pretrained=pretrained, **dict(model_args, **kwargs))
