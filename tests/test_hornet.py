@@ -331,3 +331,19 @@ def test_features_only() -> None:
     model = timm.create_model('hornet_demo', features_only=True)
     feats = model(torch.randn(2, 3, 64, 64))
     assert [f.shape[1:] for f in feats] == [(16, 16, 16), (32, 8, 8), (64, 4, 4), (128, 2, 2)]
+
+
+def test_hornet_demo_ug_keeps_the_layout_and_starts_its_gnconv_with_unit_gain() -> None:
+    """Same state_dict layout as hornet_demo (so unit plans, mappings and unit counts agree); only the init and the
+    depthwise output scale differ, and an unknown gnconv_init is refused."""
+    torch.manual_seed(0)
+    ug = timm.create_model('hornet_demo_ug', num_classes=5)
+    paper = timm.create_model('hornet_demo', num_classes=5)
+    assert {k: v.shape for k, v in ug.state_dict().items()} == {k: v.shape for k, v in paper.state_dict().items()}
+    gn = ug.stages[3].blocks[0].gnconv
+    assert gn.scale == pytest.approx(1 / 0.14)
+    assert gn.proj_in.weight.std().item() == pytest.approx(128 ** -0.5, rel=0.1)  # LeCun normal: unit gain
+    assert gn.dwconv.weight.std().item() == pytest.approx(0.02, rel=0.1)  # depthwise kernels keep the paper init
+    assert float(ug.stages[0].blocks[0].gamma1[0]) == pytest.approx(1e-6)
+    with pytest.raises(ValueError, match='gnconv_init'):
+        timm.create_model('hornet_demo', gnconv_init='kaiming')
