@@ -8,36 +8,82 @@ import pytest
 from pipeline.filters.cluster import ClusterOptions, cluster_kernels
 from pipeline.filters.dog import DOG_FIT_R2, best_fit_r2
 from pipeline.filters.extract import KernelSet
-from pipeline.filters.families import classify, fit_form
+from pipeline.filters.families import FORMS, classify, fit_form
 from pipeline.filters.planted import PLANTED_FAMILIES, bench_planted, planted_kernels
 
 DOGS = ("dog_on", "dog_off")
 
 
+# per-pixel noise, times the peak: a 5x5 kernel has half the pixels of a 7x7 one to show a DoG's surround with,
+# so at 1.5 % its DoGs are named correctly 90-98 % (docs/filters.md), too close to the bar for a test
+NOISE = {5: 0.01, 7: 0.015}
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_each_planted_7x7_family_is_named_correctly(seed: int) -> None:
-    kernels, truth = planted_kernels(per_family=80, size=7, noise=0.015, seed=seed)
+@pytest.mark.parametrize("gaussian", ["discrete", "sampled"])
+@pytest.mark.parametrize("size", [5, 7])
+def test_each_planted_family_is_named_correctly(size: int, gaussian: str, seed: int) -> None:
+    kernels, truth = planted_kernels(per_family=100, size=size, noise=NOISE[size], seed=seed, gaussian=gaussian)
     result = classify(kernels)
-    print(f"\n7x7 seed {seed}: {result.kernels_per_second:.0f} kernels/s")
+    print(f"\n{size}x{size} {gaussian} seed {seed}: {result.kernels_per_second:.0f} kernels/s")
     for family in PLANTED_FAMILIES:
         share = float((result.family[truth == family] == family).mean())
         print(f"  {family:<10} {share:.1%}")
         assert share >= 0.9, family
     for family in ("gauss", "delta"):
-        assert np.isin(result.family[truth == family], DOGS).mean() <= 0.05
+        assert np.isin(result.family[truth == family], DOGS).mean() <= 0.05, family
         # the fit-only share this replaces counted every one of them as DoG-like
         assert (best_fit_r2(kernels[truth == family])[0] >= DOG_FIT_R2).mean() > 0.9
+    # both kinds are fitted and the better kept: mostly the one the kernels were drawn from (measured 88-96 %;
+    # the two converge at large scales, and noise decides there)
+    drawn = np.isin(truth, ("gauss", "dog_on", "dog_off", "d1")) & (result.family == truth)
+    assert (result.kind[drawn] == gaussian).mean() >= 0.8
 
 
-@pytest.mark.parametrize("noise", [0.02, 0.05])
-def test_5x5_gaussians_and_deltas_are_not_dogs(noise: float) -> None:
-    kernels, truth = planted_kernels(per_family=80, size=5, noise=noise, seed=2)
+@pytest.mark.parametrize("gaussian", ["discrete", "sampled"])
+def test_5x5_gaussians_and_deltas_are_not_dogs_at_5_percent_noise(gaussian: str) -> None:
+    kernels, truth = planted_kernels(per_family=100, size=5, noise=0.05, seed=2, gaussian=gaussian)
     result = classify(kernels)
     for family in ("gauss", "delta"):
-        assert np.isin(result.family[truth == family], DOGS).mean() <= 0.05
-    if noise == 0.02:  # a 5x5 grid leaves a DoG's surround little room: DoGs are tested on 7x7 only
-        for family in ("delta", "gauss", "d1", "laplacian"):
-            assert (result.family[truth == family] == family).mean() >= 0.9, family
+        assert np.isin(result.family[truth == family], DOGS).mean() <= 0.05, family
+
+
+def test_with_discrete_forms_only_sampled_gaussians_were_dogs() -> None:
+    """Guards the reason for the second kind: with the discrete Gaussian alone, sampled Gaussians are named by a
+    richer family that absorbs the difference (DoG, Laplacian), and sampled DoGs often Laplacians."""
+    import pipeline.filters.families as fam
+
+    kernels, truth = planted_kernels(per_family=60, size=7, noise=0.015, seed=4, gaussian="sampled",
+                                     families=("gauss", "dog_on"))
+    both = classify(kernels)
+    kinds = fam.KINDS
+    try:
+        fam.KINDS = ("discrete",)
+        fam._grid_basis.cache_clear()
+        discrete_only = classify(kernels)
+    finally:
+        fam.KINDS = kinds
+        fam._grid_basis.cache_clear()
+    for family in ("gauss", "dog_on"):
+        assert (both.family[truth == family] == family).mean() >= 0.9
+    assert (discrete_only.family[truth == "gauss"] == "gauss").mean() < 0.5  # measured 7 %
+    assert (discrete_only.family[truth == "dog_on"] == "dog_on").mean() < 0.85  # measured 60-77 %
+
+
+def test_planted_dogs_are_dogs_at_their_size() -> None:
+    """The generator draws DoGs whose surround lies between a Laplacian's and the support's edge; the old range
+    (centre 0.7-1.0 x size / 7, ratio 2-3) left many 5x5 DoGs within 0.3 % of a Laplacian or a Gaussian."""
+    from pipeline.filters.planted import dog_scales
+
+    rng = np.random.default_rng(0)
+    for size in (5, 7):
+        for _ in range(50):
+            s, r = dog_scales(size, rng)
+            assert 1.4 <= s * r <= 0.9 * (size - 1) / 2 and 2.5 <= r <= 3.5
+    clean, truth = planted_kernels(per_family=40, size=5, noise=0.0, seed=5, families=DOGS)
+    fits = classify(clean)
+    simpler = np.maximum(fits.form_r2[:, FORMS.index("laplacian")], fits.form_r2[:, FORMS.index("gauss")])
+    assert np.median(simpler) < 0.997 and (fits.family == truth).all()
 
 
 def test_unexplained_kernels_are_other_and_flat_ones_too() -> None:
@@ -56,6 +102,8 @@ def test_refined_fit_recovers_scales_amplitude_and_offset() -> None:
     assert result.sigma[0] == pytest.approx(0.9, rel=1e-3)
     assert result.sigma_surround[0] == pytest.approx(0.9 * 2.2, rel=1e-3)
     assert result.offset[0] == pytest.approx(0.02, abs=1e-6)
+    one = classify(atoms("gauss", (5, 5), np.array([0.8]), kind="sampled")[0, 0].reshape(1, 5, 5), refine=True)
+    assert one.family[0] == "gauss" and one.kind[0] == "sampled" and one.sigma[0] == pytest.approx(0.8, rel=1e-3)
     grid_only = fit_form("dog", k[None] / np.linalg.norm(k - k.mean()), refine=False)
     refined = fit_form("dog", k[None] / np.linalg.norm(k - k.mean()), refine=True)
     assert refined.rss[0] <= grid_only.rss[0]
@@ -65,7 +113,9 @@ def test_clusters_of_gaussians_and_deltas_are_named_so() -> None:
     kernels, truth = planted_kernels(per_family=40, size=7, noise=0.015, seed=3,
                                      families=("delta", "gauss", "dog_on"))
     result = cluster_kernels([KernelSet("planted", "planted", ["u"], [kernels])],
-                             ClusterOptions(clusters=3, epochs=100, seed=0, sign="canonical"))
+                             ClusterOptions(clusters=4, epochs=100, seed=0, sign="canonical"))
+    # (k = 4, not 3: k-means on this set puts the narrow-centre DoGs with the deltas at k = 3, a property of
+    # the clustering, not of the naming tested here)
     named = {}
     for c, name in enumerate(result.names):
         members = truth[result.labels == c]

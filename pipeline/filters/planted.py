@@ -4,10 +4,10 @@
 analogue of the Gaussian and its central differences, :mod:`pipeline.filters.families`), at scales and surround
 ratios that are not on the fit's grid; ``gaussian="sampled"`` draws them from sampled continuous Gaussians
 (``exp(-r^2 / 2 sigma^2)`` and its analytic derivatives), which differ from the discrete analogue at the small
-scales of a 5x5 or 7x7 kernel (R^2 of a sampled sigma = 0.8 Gaussian under the discrete family: 0.990), so that
-set measures how the naming copes with kernels that are near, but not in, a family. Every kernel gets a random
+scales of a 5x5 or 7x7 kernel (R^2 of a sampled sigma = 0.8 Gaussian under the discrete Gaussian: 0.990); the
+families fit both kinds, and the two sets check that either is named alike. Every kernel gets a random
 scale, amplitude (and sign where the family has none of its own), offset and i.i.d. Gaussian noise of ``noise``
-times its peak magnitude.
+times its peak magnitude. DoGs are drawn where they are DoGs at the kernel's size (:func:`dog_scales`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,28 @@ def _gauss(y: np.ndarray, x: np.ndarray, s: float) -> np.ndarray:
     return np.exp(-(x**2 + y**2) / (2 * s * s))
 
 
+DOG_RATIO = (2.5, 3.5)  # surround / centre scale of the planted DoGs
+DOG_SURROUND_MIN = 1.4  # px: a narrower surround makes a DoG a Laplacian on any support
+DOG_SURROUND_SUPPORT = 0.9  # the widest surround, times the support's half-width (size - 1) / 2
+DOG_CENTRE_MIN = 0.6  # px: a narrower centre is nearly one pixel, a delta minus a Gaussian, which k-means puts with deltas
+
+
+def dog_scales(size: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Centre scale and surround ratio of a planted DoG that is a DoG on a ``size`` grid.
+
+    Why not a fixed range: a DoG is caught between two simpler families. With a surround narrower than ~1.4 px it
+    is a Laplacian (a noise-free 5x5 DoG of centre 0.5, ratio 2, keeps R^2 0.9998 under the Laplacian family), and
+    with a surround wider than the support it is flat there, so a Gaussian plus offset explains it (centre 0.6,
+    ratio 4 on 5x5: R^2 0.9995). So the surround is drawn between 1.4 px and 0.9 of the half-width (5x5: 1.4-1.8,
+    7x7: 1.4-2.7), the ratio in 2.5-3.5 (less where the centre would fall below 0.6 px), and the centre is
+    surround / ratio. On 3x3 no DoG is told apart.
+    """
+    hi = DOG_SURROUND_SUPPORT * (size - 1) / 2
+    surround = rng.uniform(min(DOG_SURROUND_MIN, hi), hi)
+    r = rng.uniform(DOG_RATIO[0], max(DOG_RATIO[0], min(DOG_RATIO[1], surround / DOG_CENTRE_MIN)))
+    return surround / r, r
+
+
 def _discrete(family: str, size: int, rng: np.random.Generator) -> np.ndarray:
     from pipeline.filters.families import atoms
 
@@ -33,7 +55,8 @@ def _discrete(family: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if family == "gauss":
         return atoms("gauss", shape, np.array([rng.uniform(0.7, 1.6) * u]))[0, 0].reshape(shape)
     if family in ("dog_on", "dog_off"):
-        k = atoms("dog", shape, np.array([rng.uniform(0.7, 1.0) * u]), np.array([rng.uniform(2.0, 3.0)]))
+        s, r = dog_scales(size, rng)
+        k = atoms("dog", shape, np.array([s]), np.array([r]))
         return k[0, 0].reshape(shape) * (1 if family == "dog_on" else -1)
     if family == "d1":
         theta = rng.uniform(0, 2 * np.pi)
@@ -60,7 +83,7 @@ def planted_shape(family: str, size: int, rng: np.random.Generator, gaussian: st
     elif family == "gauss":
         k = _gauss(y, x, rng.uniform(0.7, 1.6) * u)
     elif family in ("dog_on", "dog_off"):
-        s, r = rng.uniform(0.7, 1.0) * u, rng.uniform(2.0, 3.0)
+        s, r = dog_scales(size, rng)
         k = _gauss(y, x, s) / s**2 - _gauss(y, x, s * r) / (s * r) ** 2
         k = k if family == "dog_on" else -k
     elif family == "d1":
