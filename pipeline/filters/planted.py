@@ -153,7 +153,7 @@ def bench_planted(per_family: int = 100, size: int = 7, noise: float = 0.015, cl
            "new_cluster_names": adjusted_rand_score(truth, np.array(new_names)[result.labels]),
            "new_kernel_families": adjusted_rand_score(truth, new.family)}
     ari = {k: round(float(v), 4) for k, v in ari.items()}
-    confusion = {f: {n: int((new.family[truth == f] == n).sum()) for n in sorted(set(new.family[truth == f]))}
+    confusion = {f: {str(n): int((new.family[truth == f] == n).sum()) for n in sorted(set(new.family[truth == f]))}
                  for f in PLANTED_FAMILIES}
     report = {"per_family": per_family, "size": size, "noise": noise, "gaussian": gaussian, "seed": seed,
               "clusters": clusters, "kernels_per_second": round(new.kernels_per_second, 1),
