@@ -30,9 +30,11 @@ family         model                                                          pa
 =============  =============================================================  ==========
 
 The linear coefficients are solved in closed form for given scales (variable projection), so only ``sigma`` (and
-the DoG's surround ratio ``r``) are searched: first on a grid (both kinds) for all kernels at once, then refined
-within the kind the grid chose by one ``scipy.optimize.least_squares`` call per family and kind over the batch (a block-diagonal Jacobian sparsity, so the
-finite differences cost one residual evaluation per nonlinear parameter, whatever the number of kernels).
+the DoG's surround ratio ``r``) are searched: first on a grid (both kinds) for all kernels at once, its best point
+polished by a parabola through its neighbours' scores (the default, ``refine=False``), or then refined within the
+kind the grid chose by one ``scipy.optimize.least_squares`` call per family and kind over the batch (a
+block-diagonal Jacobian sparsity, so the finite differences cost one residual evaluation per nonlinear
+parameter, whatever the number of kernels).
 Kernels of any size: offsets are counted from pixel ``(h - 1) // 2, (w - 1) // 2``.
 """
 
