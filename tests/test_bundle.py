@@ -144,3 +144,24 @@ def test_sigterm_keeps_finished_cells_and_the_next_run_resumes_the_current_one(
     assert result is not None and result["resumed_from"] == "preempt.ckpt"
     assert run_folder.read_result(tmp_path / "last") is not None
     assert [h["outcome"] for h in run_folder.read_attempts(tmp_path / "first")["history"]] == ["started", "finished"]
+
+
+def test_the_cost_table_decides_which_cells_share_a_worker(tmp_path: Path) -> None:
+    from configs import config_path
+    from launch.executors import LocalExecutor, bundled
+    from launch.sweep import load_sweep, plan_sweep
+
+    plan = plan_sweep(load_sweep(config_path("demo.yaml")))
+    ids = {c.id for c in plan.cells}
+    assert bundled(plan, plan.cells, below_min=30) == ids  # demo cells: seconds by the cost table
+    assert bundled(plan, plan.cells, below_min=0) == set()
+    one = plan.cells[0]
+    plan.configs[one.id]["model"]["arch"] = "not_in_the_table"  # unknown cost: its own process
+    plan.configs[plan.cells[1].id]["trainer"]["devices"] = 2  # several devices: its own process (DDP)
+    assert bundled(plan, plan.cells, below_min=30) == ids - {one.id, plan.cells[1].id}
+    os.environ["MKF_NO_BUNDLE"] = "1"
+    try:
+        assert not LocalExecutor.from_options({"slots": 2}).bundle  # `mkf sweep run --no-bundle`
+    finally:
+        del os.environ["MKF_NO_BUNDLE"]
+    assert LocalExecutor.from_options({"slots": 2}).bundle
