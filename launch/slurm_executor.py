@@ -261,6 +261,7 @@ def render_script(plan: SweepPlan, sub: ArraySubmission) -> str:
         max_restarts=int(p.max_restarts), python=shlex.quote(p.python or sys.executable), nodes=int(p.nodes),
         devices=int(p.devices), accelerator=shlex.quote(p.accelerator),
         checkpoint_every_s=int(p.checkpoint_every_min * 60), preempt_check_steps=int(p.preempt_check_steps),
+        one_rank=int(p.nodes * p.devices == 1), hide_gpus="" if p.gpus_per_node else "CUDA_VISIBLE_DEVICES= ",
     )
 
 

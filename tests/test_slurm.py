@@ -299,7 +299,7 @@ def _rank_pid(job: str, rank: int) -> int | None:
             cmd = (proc / "cmdline").read_bytes().decode()
         except (OSError, UnicodeDecodeError):
             continue
-        if ("launch.cli" in cmd and env.get("SLURM_ARRAY_JOB_ID") == array and env.get("SLURM_ARRAY_TASK_ID") == task
+        if (("launch.cli" in cmd or "launch.bundle" in cmd) and env.get("SLURM_ARRAY_JOB_ID") == array and env.get("SLURM_ARRAY_TASK_ID") == task
                 and env.get("SLURM_PROCID") == str(rank) and "SLURM_STEP_ID" in env):
             return int(proc.name)
     return None

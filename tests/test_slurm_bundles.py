@@ -1,11 +1,13 @@
 """Bundles on Slurm: cells estimated (configs/costs.yaml) shorter than the profile's ``task_length`` run K to one
 array task, K = floor(target / estimate), which also shrinks the arrays counted against MaxArraySize and
-MaxSubmitJobs. The fast tests use the real planner, cost table and a fake sbatch; the slow one runs a bundle of 3
-tiny cells, one failing at train time, in one array task of the real test cluster.
+MaxSubmitJobs. The fast tests use the real planner, cost table and a fake sbatch; the slow ones run bundles of 3
+tiny cells in one array task of the real test cluster, in one process (the bundle worker, launch/bundle.py): one
+with a cell failing at train time, one preempted (``scontrol requeue``) while its 2nd cell trains.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,11 +20,12 @@ from launch.slurm_executor import (
     cancel_sweep,
     cell_seconds,
     pack_bundles,
+    query_jobs,
 )
 from launch.slurm_profiles import parse_duration
 from launch.sweep import load_sweep, materialize_configs, plan_sweep, write_plan
 from pipeline.results.run_folder import read_attempts, read_result
-from tests.test_slurm import job_state, wait_for, write_profiles, write_sweep
+from tests.test_slurm import job_state, release_requeued, wait_for, write_profiles, write_sweep
 from tests.test_slurm_deps import fake_slurm  # noqa: F401  (fixture)
 
 
@@ -117,7 +120,70 @@ def test_a_bundle_of_three_cells_runs_in_one_task_and_one_failure_stops_nothing(
     logs = {c.id: (plan.output_dir / "logs" / f"{c.id}.log").read_text() for c in plan.cells}
     assert "unknown split half 'C'" in logs[bad.id]
     for c in good:  # each log is its cell's own: its run dir, never another cell's
-        assert "unknown split half" not in logs[c.id] and f"cell {c.id} exited 0" in logs[c.id]
+        assert "unknown split half" not in logs[c.id] and f"cell {c.id} finished" in logs[c.id]
         assert all(f"cell {o.id} " not in logs[c.id] for o in plan.cells if o.id != c.id)
         assert read_attempts(c.run_dir)["history"][-1]["outcome"] == "finished"
         assert read_attempts(c.run_dir)["history"][-1]["job"] == task
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm_cluster", "fashion_root")
+@pytest.mark.timeout(600)
+def test_a_preempted_bundle_keeps_its_finished_cell_and_resumes_the_current_one(tmp_path: Path) -> None:
+    """Three cells in one array task, one process (the bundle worker). ``scontrol requeue`` while the 2nd trains
+    (after its first checkpoint): the worker checkpoints it and stops (exit 3), Slurm requeues the task; the
+    requeued task skips the 1st (its result.json and attempts untouched), resumes the 2nd from preempt.ckpt and
+    then trains the 3rd, which never started before."""
+    sweep = write_sweep(
+        tmp_path, seeds=[0, 1, 2],
+        data={"dataset": "fashion_mnist", "split": {"kind": "random_halves", "seed": 0}, "batch_size": 64,
+              "max_train_samples": 2048, "max_val_samples": 128},
+        train={"trainer": {"max_epochs": 2, "progress_bar": False, "checkpoint_every_n_steps": 10,
+                           "log_every_n_steps": 5}})
+    plan = plan_sweep(load_sweep(sweep))
+    assert len(plan.cells) == 3
+    write_plan(plan)
+    materialize_configs(plan, plan.cells)
+    profiles = write_profiles(tmp_path, test={**_profile(), "task_length": "30min", "preempt_check_steps": 1})
+    executor = SlurmExecutor(profile="test", profiles_file=str(profiles), reports=False)
+    try:
+        executor.run(plan, plan.cells)
+        book = JobBook.load(plan.output_dir).cells
+        (task,) = {e["job_id"] for e in book.values()}
+        (cells_file,) = (plan.output_dir / "slurm").glob("*.cells")
+        by_id = plan.by_id()
+        first, second, third = (by_id[row.split("\t")[0]] for row in cells_file.read_text().splitlines())
+
+        def second_is_training() -> bool:
+            assert job_state(task) not in ("FAILED", "CANCELLED", "TIMEOUT"), f"task {task} died"
+            assert read_result(second.run_dir) is None, "the 2nd cell finished before it could be preempted"
+            return (Path(second.run_dir) / "checkpoints" / "last.ckpt").exists()
+
+        wait_for(second_is_training, 400, "the 2nd cell's first checkpoint")
+        assert read_result(first.run_dir) is not None and not Path(third.run_dir, "attempts.json").exists()
+        kept = Path(first.run_dir, "result.json").stat().st_mtime_ns, read_attempts(first.run_dir)
+        subprocess.run(["scontrol", "requeue", task], check=True, capture_output=True)
+        release_requeued(task)
+        wait_for(lambda: job_state(task) in ("COMPLETED", "FAILED", "GONE"), 400, f"requeued task {task} to end")
+        assert job_state(task) == "COMPLETED" and query_jobs([task])[task].restarts == 1
+    finally:
+        cancel_sweep(plan)
+    assert (Path(first.run_dir, "result.json").stat().st_mtime_ns, read_attempts(first.run_dir)) == kept
+    assert [h["outcome"] for h in kept[1]["history"]] == ["started", "finished"]
+    resumed = read_result(second.run_dir)
+    assert resumed is not None and resumed["resumed_from"] == "preempt.ckpt"
+    attempts = read_attempts(second.run_dir)
+    assert [h["outcome"] for h in attempts["history"]] == ["started", "preempted", "started", "finished"]
+    assert attempts["failures"] == 0 and attempts["history"][1]["signal"] == "SIGTERM"
+    later = read_attempts(third.run_dir)["history"]
+    assert read_result(third.run_dir) and [h["outcome"] for h in later] == ["started", "finished"]
+    assert later[0]["slurm_restart"] == 1  # it first started after the requeue
+    # one process per attempt of the task: the worker's line for each cell it ran, in the task's output
+    out = "".join(p.read_text() for p in (plan.output_dir / "slurm" / "logs").glob(f"{task.split('_')[0]}_*.out"))
+    assert out.count("bundle of 3 cells (of 3) in one process") == 1, out
+    assert out.count("bundle of 2 cells (of 3) in one process") == 1, out
+    assert out.count(f"mkf worker: {Path(second.config_path).absolute()}: preempted") == 1, out
+    for cell in (first, second, third):
+        log = (plan.output_dir / "logs" / f"{cell.id}.log").read_text()
+        assert f"cell {cell.id} finished" in log and all(o.id not in log for o in (first, second, third)
+                                                         if o.id != cell.id)
