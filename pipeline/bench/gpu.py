@@ -104,15 +104,18 @@ def _compiled_frames() -> int:
 
 
 def freeze_first_units(module: ImageClassifier, depth: int) -> int:
-    """Freeze the first ``depth`` depthwise units as an AnB cell does; returns the frozen parameter count."""
+    """Freeze the first ``depth`` depthwise units as an AnB cell does (``transfer.freeze: kernel``, the default:
+    the kernels only); returns the frozen parameter count."""
     if depth <= 0:
         return 0
-    from pipeline.models.layer_plan import plan_units, unit_param_names
+    from pipeline.models.layer_plan import plan_units
+    from pipeline.transfer.apply import frozen_parameter_names
 
-    params = dict(module.model.named_parameters())
+    modules = dict(module.model.named_modules())
     for unit in plan_units(module.model, "depthwise")[:depth]:
-        for name in unit_param_names(module.model, unit):
-            params[name].requires_grad_(False)
+        for name in unit.modules:
+            for pname in frozen_parameter_names(modules[name], "depthwise", "kernel"):
+                getattr(modules[name], pname).requires_grad_(False)
     return module.frozen_parameters()
 
 

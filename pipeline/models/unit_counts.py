@@ -26,7 +26,7 @@ from typing import Any
 TABLE = Path(__file__).with_name("unit_counts.json")
 KINDS = ("depthwise", "pointwise", "both", "block")
 # the catalog's architectures (configs/paper, configs/studies, the demo)
-CATALOG_ARCHS = ("convnext_demo", "resnet_demo", "hornet_demo", "convnext_tiny", "convnext_base", "hornet_tiny_7x7",
+CATALOG_ARCHS = ("convnext_demo", "resnet_demo", "hornet_demo", "hornet_demo_ug", "convnext_tiny", "convnext_base", "hornet_tiny_7x7",
                  "hornet_small_7x7", "mobilenetv3_large_100", "resnet18", "resnet34", "resnet50", "resnet101",
                  "resnet152")
 
