@@ -49,6 +49,15 @@ def sweep_files(paths: list[str | Path] | str | Path) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def is_catalog_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a catalog run's output folder (its manifest says kind: catalog)."""
+    try:
+        head = (Path(path) / MANIFEST).read_text()[:2000]
+    except OSError:
+        return False
+    return '"kind":"catalog"' in head.replace(" ", "")
+
+
 def is_catalog(paths: list[str | Path]) -> bool:
     return len(sweep_files(paths)) > 1
 

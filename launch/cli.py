@@ -140,8 +140,13 @@ def cmd_sweep_dashboard(args: argparse.Namespace) -> int:
 
 # ---- mkf report ---------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
+    from launch.catalog import is_catalog_dir, parts, resolve_targets
     from launch.report import report
 
+    if is_catalog_dir(args.dir):  # a catalog run's report job: every sweep's own figure, from its own folder
+        for part in parts(resolve_targets(str(args.dir))):
+            report(part.output_dir, partial=args.partial)
+        return 0
     report(args.dir, partial=args.partial)
     return 0
 

@@ -208,3 +208,8 @@ def test_a_report_names_shared_cells_as_its_own_sweep_planned_them(tmp_path: Pat
     assert (transfer["source"], transfer["target"]) == ("manmade_100", "natural")
     assert {r["variant"] for r in rows} == {"AnB", "base-manmade_100", "base-natural"}
     assert transfer["relative_top1"] == 1.0  # its reference found by the second sweep's id
+    # a catalog run's report job reports the catalog folder: every sweep gets its own tables, in its own names
+    assert main(["report", str(tmp_path / "results" / "catalog")]) == 0
+    for name, (source, target) in roles.items():
+        table = (tmp_path / "results" / name / "results.csv").read_text()
+        assert f",{source},{target}," in table.replace('"', "")
