@@ -55,10 +55,20 @@ def learned_metrics(run_dir: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in csv.DictReader(f)]
 
 
+def weights(path: Path) -> tuple[dict[str, str], dict[str, bytes]]:
+    """(metadata, tensor name -> raw bytes) of a weights file. Not the file's bytes: safetensors writes its
+    metadata from a Rust HashMap, whose order is random per process, so two runs of one cell, each alone, differ
+    there (measured: 2 orders in 6 fresh processes) while every tensor is the same to the bit."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return dict(f.metadata() or {}), {k: f.get_tensor(k).numpy().tobytes() for k in sorted(f.keys())}
+
+
 def outcome(run_dir: Path) -> dict[str, Any]:
     result = run_folder.read_result(run_dir)
     assert result is not None, f"{run_dir} did not finish"
-    return {"weights": (run_dir / "weights.safetensors").read_bytes(), "metrics": learned_metrics(run_dir),
+    return {"weights": weights(run_dir / "weights.safetensors"), "metrics": learned_metrics(run_dir),
             **{k: result[k] for k in ("top1", "top5", "val_loss", "steps", "epochs", "trainable_params")}}
 
 
