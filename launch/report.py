@@ -18,6 +18,7 @@ from typing import Any
 from rich.table import Table
 
 from launch.console import console
+from launch.dashboard import REPORT_FIGURE_KEY
 from launch.sweep_view import PLAN_TABLE_MAX
 
 
@@ -36,6 +37,10 @@ def report(sweep_dir: str | Path, partial: bool = False) -> list[Path]:
                       f"{r['top1']:.4f}", f"{r['reference_top1']:.4f}" if r["reference_top1"] else "",
                       f"{r['relative_top1']:.3f}" if r["relative_top1"] is not None else "")
     console.print(table)
+    from pipeline.results.tables import indistinguishable, marked_lines, summarize
+
+    for line in marked_lines(indistinguishable(rows, summarize(rows))):  # said where the user looks, too
+        console.print(line, markup=False, highlight=False)
     for f in files:
         console.print(f"wrote {f}")
     figure = next((f for f in files if f.suffix == ".png"), None)
@@ -51,7 +56,7 @@ def report(sweep_dir: str | Path, partial: bool = False) -> list[Path]:
         if path.suffix == ".csv" and path.name != "results.csv":
             with path.open(newline="") as f:
                 tables[path.stem] = list(csv.DictReader(f))
-    logged = log_report(Path(sweep_dir), figure, rows, key="figure", tables=tables)
+    logged = log_report(Path(sweep_dir), figure, rows, key=REPORT_FIGURE_KEY, tables=tables)
     if logged:
         console.print(f"logged the figure to W&B ({logged})")
     return files
