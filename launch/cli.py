@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "'masterkey-filters[dashboard]'): a section for the figure of the sweep's kind (the report's "
                     "figure and tables: relative top-1 by depth per arch and variant; each cell's top-1 by depth), "
                     "one for training health (loss, top-1, learning rates, images/s, data-wait share, memory, "
-                    "step and epoch time) and one for the DS-CNN cells' filter grids and DoG-fit shares. The "
+                    "step and epoch time) and one for the DS-CNN cells' filter grids and kernel-family shares. The "
                     "runset is the sweep's W&B group, grouped by arch and variant; one workspace per W&B project "
                     "the cells log to. Online (an API key, WANDB_MODE not offline) it is saved and its URL "
                     "printed; offline it prints what it would create and keeps it pending in DIR/dashboard.json, "
@@ -315,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Collects every finished cell: results.csv (one row per cell), summary.csv "
                                    "(mean, std, 95% CI over seeds) and the figure the sweep's kind selects: "
                                    "depth curves with bands (depth_curve), retention per model size (retention) "
-                                   "or source x target heatmaps + tables (matrix). Logged to W&B when enabled.")
-    s.add_argument("dir", help="sweep output directory, e.g. results/demo")
+                                   "or source x target heatmaps + tables (matrix). Logged to W&B when enabled. "
+                                   "A catalog run's folder (results/paper/catalog) reports every sweep in it.")
+    s.add_argument("dir", help="sweep output directory, e.g. results/demo, or a catalog run's folder")
     s.add_argument("--partial", action="store_true", help="report the cells finished so far (a running sweep)")
     s.set_defaults(func=cmd_report)
 
