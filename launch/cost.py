@@ -9,6 +9,8 @@ know becomes one "not in configs/costs.yaml; add it" line in the estimate, never
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +57,20 @@ def _hours(hours: float) -> str:
 
 
 def load_costs(path: str | Path | None = None) -> dict[str, Any]:
+    """The cost table (a fresh copy: callers may edit it), parsed once per file version.
+
+    `sweep plan` of the catalog asks for it once per arch and stage; parsing the YAML each time was most of the
+    plan's 2 s."""
     path = Path(path) if path else COSTS_FILE
     if not path.is_file():
         raise UserError(f"cost table {path} does not exist; restore configs/costs.yaml")
+    stat = path.stat()
+    return copy.deepcopy(_parse_costs(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_costs(path_name: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    path = Path(path_name)
     try:
         table = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
