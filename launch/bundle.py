@@ -62,6 +62,9 @@ class Worker:
     """Trains cells in this process; remembers whether a preemption signal asked it to stop."""
 
     def __init__(self) -> None:
+        from pipeline.training.allocator import tune_malloc
+
+        tune_malloc()  # before torch allocates anything: freed step memory stays in the process
         from launch import slurm_runtime
         from pipeline.training import bundle
         from pipeline.training import train as _train  # noqa: F401  (torch, Lightning, timm: once, before any cell)
@@ -74,6 +77,7 @@ class Worker:
         bundle.share_datasets()
         for signum in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(signum, _record)
+        bundle.freeze_imports()
 
     @property
     def stop(self) -> bool:

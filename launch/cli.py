@@ -26,6 +26,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 # ---- mkf train ----------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.training.allocator import tune_malloc
+
+    tune_malloc()  # before torch allocates: freed step memory stays in the process (see the module)
     from pipeline.config import load_cell_config
     from pipeline.training.train import train_cell
 

@@ -43,9 +43,10 @@ def bundle(*configs: Path, log_dir: Path, wait: bool = True) -> subprocess.Popen
     return proc.returncode
 
 
-def alone(config: Path, log: Path) -> None:
+def alone(config: Path, log: Path, env: dict[str, str] | None = None) -> None:
     with log.open("wb") as out:
-        subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", str(config)], cwd=REPO, env=ENV,
+        subprocess.run([sys.executable, "-m", "launch.cli", "train", "--config", str(config)], cwd=REPO,
+                       env={**ENV, **(env or {})},
                        stdout=out, stderr=subprocess.STDOUT, check=True, timeout=600)
 
 

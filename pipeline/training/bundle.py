@@ -153,6 +153,18 @@ def fresh_start_state(seed: int = 0) -> None:
 DEFAULT_FLAGS = torch_flags()  # as this worker imported torch, before any cell ran
 
 
+def freeze_imports() -> None:
+    """Move every object alive now (the imported modules of torch, Lightning, timm: millions of them) out of
+    the cyclic garbage collector's reach, for the rest of the worker's life.
+
+    They never become garbage, yet every full collection walks them: :func:`release`'s ``gc.collect()`` took
+    0.28 s per demo cell for nothing else, and the collector's own gen-2 passes during training walk them too.
+    Objects a cell creates are still collected as before (``gc.freeze``; CPython >= 3.7).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 # ---- what a cell leaves behind ----------------------------------------------------------------------------
 def release() -> None:
     """Close what a cell opened process-wide, so the next one starts clean and memory does not creep."""
