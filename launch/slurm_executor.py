@@ -399,6 +399,7 @@ class SlurmExecutor(Executor):
         self.limits: ClusterLimits | None = limits  # None: read from the cluster when submitting
         self.prepare = list(prepare or [])  # the sweep's writes (launch.prepare.prepare_jobs), checked already
         self.reports = reports  # submit the report jobs (afterany) after the cells
+        self.claimed: dict[str, str] = {}  # cell id -> the live job of another sweep whose claim holds it
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> SlurmExecutor:
@@ -428,12 +429,26 @@ class SlurmExecutor(Executor):
         return cancel_sweep(plan)
 
     def cells_to_submit(self, plan: SweepPlan, cells: Sequence[Cell]) -> tuple[list[Cell], dict[str, str]]:
-        """Unfinished cells minus those Slurm is already running or queueing; also their active job ids."""
+        """Unfinished cells minus those Slurm is already running or queueing; also their active job ids.
+
+        Two sources: this sweep's own job book, and the shared store's claims. A cell that another sweep's job
+        (or another user's) is training right now holds a claim naming that Slurm job; submitting it again would
+        only hold an allocation while ``run_once`` waits for the holder, so it is left to that job, and the cells
+        that depend on it wait for that job instead (``afterok``). All of it in one ``scontrol`` call."""
+        from launch.store import claim_holder
+
         book = JobBook.load(plan.output_dir)
-        known = {cid: entry["job_id"] for cid, entry in book.cells.items()}
-        jobs = query_jobs([known[c.id] for c in cells if c.id in known])
-        active = {c.id: known[c.id] for c in cells
-                  if c.id in known and known[c.id] in jobs and jobs[known[c.id]].state in ACTIVE_STATES}
+        ours = {c.id: book.cells[c.id]["job_id"] for c in cells if c.id in book.cells}
+        claimed: dict[str, str] = {}
+        for cell in cells:
+            holder = claim_holder(cell)
+            if holder and holder.get("job") and str(holder.get("task") or "").isdigit():
+                claimed[cell.id] = f"{holder['job']}_{holder['task']}"  # what Slurm calls that array task
+        jobs = query_jobs(sorted({*ours.values(), *claimed.values()}))
+        live = {j for j, job in jobs.items() if job.state in ACTIVE_STATES}
+        active = {cid: job for cid, job in ours.items() if job in live}
+        self.claimed = {cid: job for cid, job in claimed.items() if job in live and cid not in active}
+        active.update(self.claimed)
         return [c for c in cells if c.id not in active], active
 
     def plan_arrays(self, plan: SweepPlan, cells: Sequence[Cell], active: dict[str, str],
@@ -486,7 +501,9 @@ class SlurmExecutor(Executor):
         outcome = SweepOutcome({cid: "submitted" for cid in active})
         by_id = plan.by_id()
         for cid in active:
-            self.console.print(f"left alone: {by_id[cid].label} is already queued/running as {active[cid]}")
+            how = "is being trained by" if cid in self.claimed else "is already queued/running as"
+            self.console.print(f"left alone: {by_id[cid].label} {how} {active[cid]}"
+                               + (" (its claim in the shared store)" if cid in self.claimed else ""))
         limits = self._limits(todo)
         stages = StageBook.load(plan.output_dir)
         tasks: dict[str, str] = dict(active)  # cell id (or a write's pseudo id) -> the job that makes it

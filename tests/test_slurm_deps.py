@@ -236,3 +236,33 @@ def test_a_transfer_starts_when_its_own_bases_finish_not_after_the_slowest_base(
     assert bnb["started_at"] >= base_b["finished_at"] and anb["started_at"] >= base_a["finished_at"]
     assert bnb["started_at"] < base_a["finished_at"], ("BnB waited for base A, which it does not need",
                                                        base_b["finished_at"], bnb["started_at"], base_a["finished_at"])
+
+
+def test_a_cell_another_sweeps_job_is_training_is_left_to_that_job_and_waited_for(tmp_path: Path,
+                                                                                   fake_slurm: Path) -> None:
+    """A shared store: another sweep's array task 777_3 holds seed 0's base A (its claim names the job). This
+    sweep does not submit that base again (it would hold an allocation while it waits inside run_once); its
+    transfer cells wait for 777_3 instead. A claim whose job Slurm no longer knows is no reason to wait."""
+    from launch.store import claim_path
+
+    plan = plan_sweep(load_sweep(_two_seed_sweep(tmp_path)))
+    write_plan(plan)
+    bases = {(c.variant, c.seed): c for c in plan.cells if c.stage == "base"}
+    held, stale = bases["base-A", 0], bases["base-B", 1]
+    for cell, job in ((held, "777"), (stale, "778")):
+        claim_path(cell).parent.mkdir(parents=True, exist_ok=True)
+        claim_path(cell).write_text(json.dumps({"host": "gpu-node-3", "pid": 4242, "job": job, "task": "3",
+                                                "time": 0, "token": job}) + "\n")
+    Path(os.environ["FAKE_SLURM_QUEUE"]).write_text(
+        "JobId=9001 ArrayJobId=777 ArrayTaskId=3 JobState=RUNNING Reason=None\n")  # 778_3 is gone
+    executor = SlurmExecutor(profile="test", profiles_file=str(write_profiles(tmp_path)), limits=ClusterLimits())
+    outcome = executor.run(plan, plan.cells)
+    calls = _calls(fake_slurm)
+    submitted = {cid for call in calls for cid in call["cells"]}
+    assert held.id not in submitted and stale.id in submitted
+    assert outcome.states[held.id] == "submitted"  # queued/running, as far as this sweep can tell
+    for call in calls:
+        for cid in call["cells"]:
+            needs_held = held.id in _needs(plan.by_id()[cid])
+            assert ("777_3" in call["after"]) == needs_held, (plan.by_id()[cid].label, call["after"])
+    assert any("777_3" in call["after"] for call in calls)
