@@ -5,8 +5,8 @@ threshold (which its dynamic rule never raises past 32 MiB) straight from the ke
 back with ``munmap`` on free, and it trims the top of the heap as soon as 128 KiB there are free. The next step
 then faults every one of those pages in again, each zero-filled by the kernel. Measured on the demo's
 ``resnet_demo`` (one activation of 128 x 64 x 32 x 32 floats is 33.5 MB, above any threshold glibc would choose):
-three bundled transfer cells took 22.3 s, 5.3 s of it in the kernel, with 2.2 million minor page faults; with the
-settings below 15.9 s, 0.2 s in the kernel, 34 thousand faults. PyTorch's CPU tuning guide makes the same point
+three bundled transfer cells took 21.3 s, 5.0 s of it in the kernel, with 2.1 million minor page faults; with the
+settings below 14.4 s, 0.14 s in the kernel, 38 thousand faults (four convnext_demo cells: 16.3 s -> 14.6 s). PyTorch's CPU tuning guide makes the same point
 by recommending jemalloc or tcmalloc; these three ``mallopt`` calls get glibc there with nothing to install.
 
 The settings change where memory comes from, never what is computed: a cell's weights and metrics are the same
