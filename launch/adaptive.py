@@ -349,7 +349,7 @@ def _console() -> Any:
 
 def run_rounds(sweep_path: str | Path, executor_name: str = "local", slots: int = 1, progress: bool = True,
                profile: str | None = None, profiles_file: str | None = None, dry_run: bool = False,
-               executor: Executor | None = None) -> int:
+               executor: Executor | None = None, bundle: bool = True, bundle_below_min: float | None = None) -> int:
     """`mkf sweep run` of an adaptive sweep: train a round, advance, train the next, until every group stopped.
 
     On Slurm, submits the current round and a planner job after it (which carries on by itself) and returns.
@@ -363,7 +363,7 @@ def run_rounds(sweep_path: str | Path, executor_name: str = "local", slots: int 
     if executor is None:
         executor = executor_class(executor_name).from_options(
             {"slots": slots, "progress": progress, "profile": profile, "profiles_file": profiles_file,
-             "dry_run": dry_run, "sweep_slurm": sweep.slurm})
+             "dry_run": dry_run, "sweep_slurm": sweep.slurm, "bundle": bundle, "bundle_below_min": bundle_below_min})
     source = {"raw": load_yaml(path) or {}, "folder": str(path.parent), "path": str(path)}
     full = full_plan(sweep)
     state = sync_state(sweep, full, load_state(sweep.output_dir), source)

@@ -72,12 +72,9 @@ def cmd_sweep_plan(args: argparse.Namespace) -> int:
 def cmd_sweep_run(args: argparse.Namespace) -> int:
     from launch.sweep_run import run_sweep
 
-    if args.no_bundle:  # read by the local executor (launch/executors.py); run_sweep passes no bundle options
-        os.environ["MKF_NO_BUNDLE"] = "1"
-    if args.bundle_below is not None:
-        os.environ["MKF_BUNDLE_BELOW_MIN"] = str(args.bundle_below)
     return run_sweep(args.sweep, args.executor, args.slots, progress=not args.no_progress, profile=args.profile,
-                     profiles_file=args.profiles, dry_run=args.dry_run)
+                     profiles_file=args.profiles, dry_run=args.dry_run, bundle=not args.no_bundle,
+                     bundle_below_min=args.bundle_below)
 
 
 def cmd_sweep_worker(args: argparse.Namespace) -> int:

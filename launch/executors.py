@@ -154,11 +154,11 @@ class LocalExecutor(Executor):
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LocalExecutor:
-        # `mkf sweep run --no-bundle / --bundle-below` arrive as MKF_NO_BUNDLE / MKF_BUNDLE_BELOW_MIN
-        below = options.get("bundle_below_min") or os.environ.get("MKF_BUNDLE_BELOW_MIN")
-        bundle = options.get("bundle", os.environ.get("MKF_NO_BUNDLE", "") in ("", "0"))
+        # `mkf sweep run --no-bundle / --bundle-below MIN` (through run_sweep's bundle / bundle_below_min)
+        below = options.get("bundle_below_min")
         return cls(slots=int(options.get("slots") or 1), progress=bool(options.get("progress", True)),
-                   bundle=bool(bundle), bundle_below_min=BUNDLE_BELOW_MIN if below is None else float(below))
+                   bundle=options.get("bundle", True) is not False,
+                   bundle_below_min=BUNDLE_BELOW_MIN if below is None else float(below))
     @classmethod
     def used_by(cls, plan: SweepPlan) -> bool:
         return (plan.output_dir / "logs").is_dir()

@@ -33,8 +33,10 @@ def merge_jobs(per_sweep: list[list[Any]]) -> list[Any]:
 
 def run_sweep(sweep_path: str | Path | list[str | Path], executor_name: str = "local", slots: int = 1,
               progress: bool = True, profile: str | None = None, profiles_file: str | None = None,
-              dry_run: bool = False) -> int:
-    """Plan, write the manifest(s), run (or submit) every cell that is not finished; finished cells are skipped."""
+              dry_run: bool = False, bundle: bool = True, bundle_below_min: float | None = None) -> int:
+    """Plan, write the manifest(s), run (or submit) every cell that is not finished; finished cells are skipped.
+
+    ``bundle`` / ``bundle_below_min``: the local executor's bundles (`--no-bundle`, `--bundle-below MIN`)."""
     from launch.adaptive import is_adaptive, run_rounds
     from launch.catalog import parts, plan_catalog, slurm_section, sweep_files, write_catalog
     from launch.cell_state import cell_state, clear_failure
@@ -50,14 +52,16 @@ def run_sweep(sweep_path: str | Path | list[str | Path], executor_name: str = "l
         writes = prepare_jobs(adaptive[0].sweep)  # type: ignore[attr-defined]
         if executor_name == "local" and not dry_run:
             run_prepare_local(writes, progress=progress, log=console.print)
-        return run_rounds(files[0], executor_name, slots, progress, profile, profiles_file, dry_run)
+        return run_rounds(files[0], executor_name, slots, progress, profile, profiles_file, dry_run,
+                          bundle=bundle, bundle_below_min=bundle_below_min)
     for part in adaptive:
         err_console.print(f"sweep {part.name}: adaptive depths run their rounds one sweep at a time; this catalog run "
                           f"trains its current round only (then `mkf sweep run` its file for the next rounds)")
     writes = merge_jobs([prepare_jobs(p.sweep) for p in parts(plan)])  # type: ignore[attr-defined]
     executor = cls.from_options({"slots": slots, "progress": progress, "profile": profile,
                                  "profiles_file": profiles_file, "dry_run": dry_run, "prepare": writes,
-                                 "sweep_slurm": slurm_section(plan, profile)})
+                                 "sweep_slurm": slurm_section(plan, profile), "bundle": bundle,
+                                 "bundle_below_min": bundle_below_min})
     if dry_run:
         print_plan(plan)
     else:

@@ -170,9 +170,32 @@ def test_the_cost_table_decides_which_cells_share_a_worker(tmp_path: Path) -> No
     plan.configs[one.id]["model"]["arch"] = "not_in_the_table"  # unknown cost: its own process
     plan.configs[plan.cells[1].id]["trainer"]["devices"] = 2  # several devices: its own process (DDP)
     assert bundled(plan, plan.cells, below_min=30) == ids - {one.id, plan.cells[1].id}
-    os.environ["MKF_NO_BUNDLE"] = "1"
-    try:
-        assert not LocalExecutor.from_options({"slots": 2}).bundle  # `mkf sweep run --no-bundle`
-    finally:
-        del os.environ["MKF_NO_BUNDLE"]
     assert LocalExecutor.from_options({"slots": 2}).bundle
+
+
+def test_no_bundle_and_bundle_below_reach_the_executor_of_that_run_only(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mkf sweep run --no-bundle` / `--bundle-below MIN` are the executor's options for that run: they must not
+    stay behind in the process (they once did, as environment variables) and unbundle every later sweep."""
+    import yaml
+
+    from configs import config_path
+    from launch.cli import main
+    from launch.executor_base import SweepOutcome
+    from launch.executors import LocalExecutor
+
+    seen: list[tuple[bool, float]] = []
+
+    def record(self: LocalExecutor, plan: Any, cells: Any) -> SweepOutcome:  # what would run, without training
+        seen.append((self.bundle, self.bundle_below_min))
+        return SweepOutcome({c.id: "finished" for c in cells})
+
+    monkeypatch.setattr(LocalExecutor, "run", record)
+    sweep = yaml.safe_load(config_path("demo.yaml").read_text())
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump({**sweep, "output_dir": str(tmp_path / "out")}))
+    run = ["sweep", "run", str(path), "--no-progress"]
+    assert main([*run, "--no-bundle"]) == 0
+    assert main([*run, "--bundle-below", "5"]) == 0
+    assert main(run) == 0
+    assert seen == [(False, 30.0), (True, 5.0), (True, 30.0)]
