@@ -18,6 +18,7 @@ A single sweep file keeps today's behaviour exactly (its own plan, no catalog fo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -52,10 +53,10 @@ def sweep_files(paths: list[str | Path] | str | Path) -> list[Path]:
 def is_catalog_dir(path: str | Path) -> bool:
     """Whether ``path`` is a catalog run's output folder (its manifest says kind: catalog)."""
     try:
-        head = (Path(path) / MANIFEST).read_text()[:2000]
-    except OSError:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (OSError, ValueError):
         return False
-    return '"kind":"catalog"' in head.replace(" ", "")
+    return isinstance(manifest, dict) and manifest.get("kind") == "catalog"
 
 
 def is_catalog(paths: list[str | Path]) -> bool:

@@ -115,11 +115,9 @@ def cmd_sweep_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from launch.catalog import parts, resolve_targets
-    from launch.report import report
+    from launch.report import report_targets
 
-    for p in parts(resolve_targets(args.target)):  # every sweep's own figure, from its own folder
-        report(p.output_dir, partial=args.partial)
+    report_targets(args.target, partial=args.partial)
     return 0
 
 
@@ -140,12 +138,11 @@ def cmd_sweep_dashboard(args: argparse.Namespace) -> int:
 
 # ---- mkf report ---------------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
-    from launch.catalog import is_catalog_dir, parts, resolve_targets
-    from launch.report import report
+    from launch.catalog import is_catalog_dir
+    from launch.report import report, report_targets
 
-    if is_catalog_dir(args.dir):  # a catalog run's report job: every sweep's own figure, from its own folder
-        for part in parts(resolve_targets(str(args.dir))):
-            report(part.output_dir, partial=args.partial)
+    if is_catalog_dir(args.dir):  # a catalog run's report job
+        report_targets(args.dir, partial=args.partial)
         return 0
     report(args.dir, partial=args.partial)
     return 0

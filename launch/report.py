@@ -82,6 +82,17 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def report_targets(targets: list[str] | str, partial: bool = False) -> list[Path]:
+    """Report sweep files, folders of them, or a sweep's or catalog run's output folder: every sweep's own
+    figure, from its own folder (`mkf sweep report`, and `mkf report` of a catalog folder: its report job)."""
+    from launch.catalog import parts, resolve_targets
+
+    files: list[Path] = []
+    for part in parts(resolve_targets(targets)):
+        files.extend(report(part.output_dir, partial=partial))
+    return files
+
+
 def report_state(plan: Any) -> list[str]:
     """Lines for `mkf sweep status`: is the report current (it drew every cell finished now), which report jobs
     are queued. Files only (no Slurm call, no torch): one stat per cell."""
