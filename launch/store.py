@@ -26,7 +26,8 @@ API
     the cell is finished; while another live holder trains it, waits (polling; a message at the start and every
     10 minutes; ``MKF_CLAIM_TIMEOUT`` seconds, default no limit, then exit status 75 with a message) and returns
     0 once it finished (or claims it if the holder died without finishing); else claims, calls ``train()``,
-    releases, and returns ``train()``'s status.
+    releases, and returns ``train()``'s status. A process whose parent holds the claim (ranks 1.. of a local
+    multi-device cell, which Lightning starts as children of rank 0) trains under that claim at once.
 
 Known limit: a process that dies inside the takeover window (between creating the marker and replacing the claim,
 microseconds) leaves a marker that blocks takeovers of that claim until it is 10 minutes old.
@@ -226,6 +227,17 @@ def release(claim: Claim | None) -> None:
         claim.path.unlink(missing_ok=True)
 
 
+def claimed_by_parent(run_dir: str | Path | Any) -> bool:
+    """Whether the cell's claim is held by this process's parent on this host: a rank the holder started for the
+    cell. Lightning's launcher runs ranks 1.. of a local multi-device cell as child processes of rank 0, each
+    the same `mkf train`; they train under rank 0's claim (waiting for it would deadlock the process group).
+    Ranks of a Slurm job are the same claimer by job and task instead (:func:`_same_owner`)."""
+    holder = claim_holder(run_dir)
+    parent = os.getppid()
+    return bool(holder) and holder.get("host") == socket.gethostname() and holder.get("pid") == parent \
+        and holder.get("start") in (None, _proc_start(parent))
+
+
 def describe(holder: dict[str, Any]) -> str:
     job = holder.get("job")
     who = f"Slurm job {job}" + (f"_{holder['task']}" if holder.get("task") is not None else "") if job else \
@@ -255,6 +267,8 @@ def run_once(config_path: str | Path, train: Callable[[], int | None], run_dir: 
     if run_state(run_dir) == "finished":
         say(f"mkf: {run_dir}: already finished (shared store); nothing to train")
         return 0
+    if claimed_by_parent(run_dir):  # a rank its holder started: it trains under that claim, never waits on it
+        return int(train() or 0)
     started = time.monotonic()
     told = -1.0
     while True:

@@ -168,3 +168,32 @@ def test_run_once_skips_finished_waits_for_a_live_holder_and_trains_otherwise(
     store.claim_path(run_dir).unlink()
     assert store.run_once(config, train, poll_s=0.1, say=said.append) == 0
     assert trained == ["x"] and store.claim_holder(run_dir) is None, "released after training"
+
+
+CHILD_RANK = """
+import sys
+from launch import store
+sys.exit(store.run_once(sys.argv[1], lambda: 7, poll_s=0.1, timeout_s=2.0))
+"""
+
+
+def test_a_rank_started_by_the_claims_holder_trains_under_it_and_a_stranger_waits(tmp_path: Path) -> None:
+    """A local 2-device `mkf train`: rank 0 claims the cell, then Lightning starts rank 1 as its child, running
+    the same `mkf train`. Rank 1 must train at once (waiting for its own rank 0 deadlocks the process group);
+    a process the holder did not start still waits for it."""
+    config = tmp_path / "cell.yaml"
+    run_dir = tmp_path / "store" / "abc123"
+    config.write_text(f"run_dir: {run_dir}\n")
+    held = store.claim(run_dir)  # this process is rank 0
+    assert held is not None
+    try:
+        child = subprocess.run([sys.executable, "-c", CHILD_RANK, str(config)], cwd=Path(__file__).parents[1],
+                               timeout=60)
+        assert child.returncode == 7, "the holder's own child waited for the claim instead of training"
+        # a stranger: started by another process (here: a shell that this process did not start as the rank)
+        stranger = subprocess.run(["sh", "-c", f'"{sys.executable}" -c \'{CHILD_RANK}\' "{config}"; exit $?'],
+                                  cwd=Path(__file__).parents[1], timeout=60)
+        assert stranger.returncode == store.EX_TEMPFAIL, "a process the holder did not start trained a claimed cell"
+        assert store.claim_holder(run_dir)["pid"] == os.getpid(), "the child's run left rank 0's claim alone"
+    finally:
+        store.release(held)
