@@ -85,3 +85,20 @@ def test_a_cell_trains_to_the_same_bit_with_and_without_the_malloc_settings(fash
     got, want = outcome(tmp_path / "tuned"), outcome(tmp_path / "default")
     assert got["weights"] == want["weights"], "weights differ with the malloc settings"
     assert got == want, "top-1 / metrics.csv differ with the malloc settings"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_ranks_with_loader_workers_train_to_the_same_bit_with_and_without_the_malloc_settings(
+        fashion_root: Path, tmp_path: Path) -> None:
+    # where the settings travel: Lightning starts rank 1 as a new `mkf train` (which tunes again), and each rank's
+    # loader workers are forked from it (they inherit the heap and its settings)
+    for name, env in (("default", {"MKF_MALLOC_TUNING": "0"}), ("tuned", {})):
+        config = write_cell(tmp_path / f"{name}.yaml", tmp_path / name, model={"arch": "resnet_demo"},
+                            data={"batch_size": 128, "num_workers": 2},
+                            trainer={"devices": 2, "strategy": "ddp"})
+        alone(config, tmp_path / f"{name}.log", env={**env, "MASTER_ADDR": "127.0.0.1"})
+    got, want = outcome(tmp_path / "tuned"), outcome(tmp_path / "default")
+    assert json.loads((tmp_path / "tuned" / "result.json").read_text())["world_size"] == 2
+    assert got["weights"] == want["weights"], "weights differ with the malloc settings (2 ranks, 2 workers each)"
+    assert got == want, "top-1 / metrics.csv differ with the malloc settings (2 ranks, 2 workers each)"
