@@ -8,6 +8,7 @@ Skipped without root or Debian's slurm-wlm/munge; in CI (MKF_REQUIRE_ALL_TESTS=1
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -489,3 +490,48 @@ def test_bench_sweep_plans_10000_cells_and_submits_arrays_within_max_array_size(
     assert result["sbatch_calls"] == 1 + 110 + 2
     out = capsys.readouterr().out
     assert "plan (unit counts" in out and "sbatch calls" in out
+
+
+def test_a_cell_another_sweeps_task_is_training_is_waited_for_not_submitted_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two sweeps over one store, both submitted held to the test cluster. The first sweep's task for base A
+    holds the cell's claim (as it would once it started): the second sweep submits no base A, and its AnB array
+    waits (afterok) for the first sweep's task, as Slurm itself reports in scontrol."""
+    from launch.slurm_executor import SlurmExecutor
+    from launch.store import claim_path
+
+    profiles = write_profiles(tmp_path)
+    store = str(tmp_path / "store")
+    plans = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        sweep = write_sweep(tmp_path / name, name=name, store=store, variants=["AnB"],
+                            datasets={h: {"dataset": "fashion_mnist", "half": h} for h in ("A", "B")},
+                            transfers=[{"source": "A", "target": "B"}])
+        plan = plan_sweep(load_sweep(sweep))
+        write_plan(plan)
+        plans.append(plan)
+    first, second = plans
+    assert {c.id for c in first.cells} == {c.id for c in second.cells}  # the same cells, in one store
+    base_a = next(c for c in second.cells if c.variant == "base-A")
+    anb = next(c for c in second.cells if c.variant == "AnB")
+    try:
+        SlurmExecutor(profile="test", profiles_file=str(profiles), hold=True, reports=False).run(
+            first, [c for c in first.cells if c.stage == "base"])
+        held = JobBook.load(first.output_dir).cells[base_a.id]
+        claim_path(base_a).parent.mkdir(parents=True, exist_ok=True)
+        claim_path(base_a).write_text(json.dumps({"host": "n1", "pid": 1, "job": str(held["array"]),
+                                                  "task": str(held["task"]), "time": time.time(),
+                                                  "token": "first"}) + "\n")
+        capsys.readouterr()
+        executor = SlurmExecutor(profile="test", profiles_file=str(profiles), hold=True, reports=False)
+        outcome = executor.run(second, second.cells)
+        assert f"is being trained by {held['job_id']}" in capsys.readouterr().out
+        book = JobBook.load(second.output_dir).cells
+        assert base_a.id not in book and outcome.states[base_a.id] == "submitted"
+        show = subprocess.run(["scontrol", "show", "job", "--oneliner", book[anb.id]["job_id"]],
+                              capture_output=True, text=True, check=True).stdout
+        assert held["job_id"] in _waited_for(show), show
+    finally:
+        cancel_sweep(first)
+        cancel_sweep(second)
