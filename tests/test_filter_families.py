@@ -6,38 +6,11 @@ import numpy as np
 import pytest
 
 from pipeline.filters.cluster import ClusterOptions, cluster_kernels
-from pipeline.filters.dog import DOG_FIT_R2, best_fit_r2
 from pipeline.filters.extract import KernelSet
 from pipeline.filters.families import FORMS, classify, fit_form
 from pipeline.filters.planted import PLANTED_FAMILIES, bench_planted, planted_kernels
 
 DOGS = ("dog_on", "dog_off")
-
-
-# per-pixel noise, times the peak: a 5x5 kernel has half the pixels of a 7x7 one to show a DoG's surround with,
-# so at 1.5 % its DoGs are named correctly 90-98 % (docs/filters.md), too close to the bar for a test
-NOISE = {5: 0.01, 7: 0.015}
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("gaussian", ["discrete", "sampled"])
-@pytest.mark.parametrize("size", [5, 7])
-def test_each_planted_family_is_named_correctly(size: int, gaussian: str, seed: int) -> None:
-    kernels, truth = planted_kernels(per_family=100, size=size, noise=NOISE[size], seed=seed, gaussian=gaussian)
-    result = classify(kernels)
-    print(f"\n{size}x{size} {gaussian} seed {seed}: {result.kernels_per_second:.0f} kernels/s")
-    for family in PLANTED_FAMILIES:
-        share = float((result.family[truth == family] == family).mean())
-        print(f"  {family:<10} {share:.1%}")
-        assert share >= 0.9, family
-    for family in ("gauss", "delta"):
-        assert np.isin(result.family[truth == family], DOGS).mean() <= 0.05, family
-        # the fit-only share this replaces counted every one of them as DoG-like
-        assert (best_fit_r2(kernels[truth == family])[0] >= DOG_FIT_R2).mean() > 0.9
-    # both kinds are fitted and the better kept: mostly the one the kernels were drawn from (measured 88-96 %;
-    # the two converge at large scales, and noise decides there)
-    drawn = np.isin(truth, ("gauss", "dog_on", "dog_off", "d1")) & (result.family == truth)
-    assert (result.kind[drawn] == gaussian).mean() >= 0.8
 
 
 @pytest.mark.parametrize("gaussian", ["discrete", "sampled"])
@@ -117,11 +90,13 @@ def test_clusters_of_gaussians_and_deltas_are_named_so() -> None:
     # (k = 4, not 3: k-means on this set puts the narrow-centre DoGs with the deltas at k = 3, a property of
     # the clustering, not of the naming tested here)
     named = {}
-    for c, name in enumerate(result.names):
+    for c in range(len(result.names)):
         members = truth[result.labels == c]
         if len(members):
             majority = max(set(members.tolist()), key=members.tolist().count)
-            named.setdefault(majority, set()).add(name.split("#")[0])
+            named.setdefault(majority, set()).add(str(result.fits.family[c]))
+    # the centroids' own families; a DoG cluster is *reported* as centre_surround_on where the kernels' noise
+    # leaves DoGs and Laplacians apart less than 80 % of the time (issue 24)
     assert "delta" in named["delta"] and "gauss" in named["gauss"] and "dog_on" in named["dog_on"]
     rows = result.layer_shares()
     assert rows[0]["family_dog"] == pytest.approx(rows[0]["family_dog_on"] + rows[0]["family_dog_off"])

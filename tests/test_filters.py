@@ -130,8 +130,12 @@ def test_clustering_is_deterministic_and_recovers_planted_kernels() -> None:
     np.add.at(confusion, (truth, first.labels), 1)
     rows, cols = linear_sum_assignment(-confusion)
     assert confusion[rows, cols].sum() / len(truth) >= 0.9
-    expected = {0: "dog_on", 1: "dog_off", 2: "d1", 3: "d1", 4: "d2", 5: "d2"}  # centroid families by BIC
-    assert [first.names[c].split("#")[0] for c in cols[np.argsort(rows)]] == list(expected.values())
+    order = cols[np.argsort(rows)]
+    # centroid families by effect size; at this noise (8 %) the naming does not separate DoGs from Laplacians
+    # (its own confusion matrix, issue 24), so the clusters are reported as centre-surround with their polarity
+    assert [str(first.fits.family[c]) for c in order] == ["dog_on", "dog_off", "d1", "d1", "d2", "d2"]
+    assert [first.names[c].split("#")[0] for c in order] == ["centre_surround_on", "centre_surround_off", "d1",
+                                                               "d1", "d2", "d2"]
     assert first.summary()["classified"] > 0.9
     shares = first.layer_shares()
     assert [r["unit"] for r in shares] == [1, 2] and all(r["kernels"] == 150 for r in shares)
@@ -214,7 +218,7 @@ def test_fixed_filter_inits_hold_their_filters_frozen_through_training_and_biase
 @pytest.fixture(scope="module")
 def trained_cell(tmp_path_factory: pytest.TempPathFactory, fashion_root: Path) -> Path:
     run = tmp_path_factory.mktemp("filters") / "cell"
-    train_cell(cell_config(run))
+    train_cell(cell_config(run, trainer={"keep_checkpoints": True}))  # its .ckpt is one of the sources read
     return run
 
 

@@ -87,3 +87,20 @@ def test_onnx_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if the optional extra were not installed
     with pytest.raises(UserError, match=r"pip install masterkey-filters\[onnx\]"):
         load_onnx_kernels(tmp_path / "bad.onnx")
+
+
+def test_extract_and_onnx_source_do_not_import_each_other() -> None:
+    """Both build a KernelSet; it lives in its own module, so the ONNX reader no longer imports ``extract``
+    (which dispatches to it): no cycle, not even through a lazy import inside a function."""
+    import ast
+
+    import pipeline.filters.kernel_set as kernel_set
+    import pipeline.filters.onnx_source as onnx_source
+
+    def imported(module: object) -> set[str]:
+        tree = ast.parse(Path(module.__file__).read_text())  # type: ignore[attr-defined]
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert "pipeline.filters.extract" not in imported(onnx_source)
+    assert not {"pipeline.filters.extract", "pipeline.filters.onnx_source"} & imported(kernel_set)

@@ -237,15 +237,38 @@ def _ffcv_rate(path: Path, size: int, batch_size: int, workers: int, limit: int)
     return _timed(loader, limit)
 
 
-def _print_table(report: dict[str, Any], console: Any) -> None:
+# (report key, short header): short enough that the table fits a plain 80-column terminal; LOADER_LEGEND says
+# what each header means (the JSON keeps the long keys)
+LOADER_COLUMNS = (("size", "size"), ("imagefolder", "folder"), ("webdataset", "wds"), ("wids", "wids"),
+                  ("ffcv", "ffcv"), ("decode_limit_wds", "dec wds"), ("decode_limit_imagefolder", "dec fold"),
+                  ("wds_vs_imagefolder", "vs fold"), ("wds_vs_decode_limit", "vs dec"), ("wds_vs_wids", "vs wids"))
+LOADER_LEGEND = ("images/s; folder: ImageFolder + DataLoader; wds: the project's webdataset loader; dec wds / dec "
+                 "fold: the decode limit of each (its decoder in a loop, no loader); vs X: wds's images/s over X's; "
+                 "n/a: not installed")
+
+
+def loader_table(report: dict[str, Any]) -> Any:
+    """The report as a Rich table that fits 80 columns (short headers, rates as whole images/s) and its legend
+    under it."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"loader images/s ({report['images']} JPEGs ~500x375 q90, {report['workers']} workers, "
-                        f"batch {report['batch_size']})")
-    cols = ["size", "imagefolder", "webdataset", "wids", "ffcv", "decode_limit_wds", "decode_limit_imagefolder",
-            "wds_vs_imagefolder", "wds_vs_decode_limit", "wds_vs_wids"]
-    for col in cols:
-        table.add_column(col.replace("_", " "), justify="right")
+                        f"batch {report['batch_size']})", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for _, header in LOADER_COLUMNS:
+        table.add_column(header, justify="right", no_wrap=True)
     for row in report["rows"]:
-        table.add_row(*[str(row.get(c, "n/a")) for c in cols])
-    console.print(table)
+        cells = []
+        for key, _ in LOADER_COLUMNS:
+            value = row.get(key)
+            cells.append("n/a" if value is None else f"{value:.2f}" if "_vs_" in key
+                         else f"{value:.0f}" if isinstance(value, float) else str(value))
+        table.add_row(*cells)
+    return Group(table, Text(LOADER_LEGEND))
+
+
+def _print_table(report: dict[str, Any], console: Any) -> None:
+    console.print(loader_table(report))

@@ -22,8 +22,16 @@ import torch
 from torch import nn
 
 from datamodules.errors import UserError
-from pipeline.filters.extract import KernelSet
 from pipeline.filters.families import MIN_R2, NAMES, SHARE_KEYS, FamilyResult, classify
+from pipeline.filters.kernel_set import KernelSet
+from pipeline.filters.separability import (
+    BENCH_PER_FAMILY,
+    GROUP_NAMES,
+    Separability,
+    estimate_noise,
+    grouped_shares,
+    measure,
+)
 
 
 @dataclass
@@ -37,7 +45,10 @@ class ClusterOptions:
     sign: str = "keep"  # keep | canonical (flip so the largest-magnitude entry is positive)
     seed: int = 0
     min_r2: float = MIN_R2  # a kernel or centroid no family explains this well is "other"
-    criterion: str = "bic"  # bic | aic
+    criterion: str = "bic"  # bic | aic: names every kernel
+    centroid_criterion: str = "effect"  # effect | bic | aic: names every centroid (nearly noiseless: effect size)
+    merge: bool = True  # report as one the families the naming does not separate at this size and noise
+    bench_per_family: int = BENCH_PER_FAMILY  # analytic kernels per family for that confusion matrix
 
 
 def normalise_kernels(kernels: np.ndarray, sign: str = "keep") -> np.ndarray:
@@ -102,6 +113,14 @@ class ClusterResult:
     families: FamilyResult  # every kernel's own family fit
     reconstruction_mse: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    noise: float = float("nan")  # the kernels' median relative noise (separability.estimate_noise)
+    noise_kernels: int = 0  # how many kernels it was read over
+    separability: Separability | None = None  # the naming's confusion matrix at this size and noise
+
+    @property
+    def groups(self) -> dict[str, str]:
+        """Every family -> the name it is reported as (merged where not separated; itself without --no-merge)."""
+        return self.separability.groups if self.separability is not None else {n: n for n in NAMES}
 
     @property
     def classified(self) -> np.ndarray:
@@ -117,6 +136,8 @@ class ClusterResult:
                                        "classified": round(float(self.classified[mask].mean()), 4)}
                 shares = self.families.shares(mask)
                 row.update({f"family_{k}": round(shares[k], 4) for k in SHARE_KEYS})
+                grouped = grouped_shares(self.families.family[mask], self.groups)
+                row.update({f"reported_{k}": round(v, 4) for k, v in grouped.items()})
                 for c, name in enumerate(self.names):
                     row[f"c{c}_{name}"] = round(float((self.labels[mask] == c).mean()), 4)
                 rows.append(row)
@@ -126,7 +147,12 @@ class ClusterResult:
         clusters = []
         for c, name in enumerate(self.names):
             mask = self.labels == c
-            clusters.append({"cluster": c, "name": name, "kernels": int(mask.sum()),
+            members = grouped_shares(self.families.family[mask], self.groups)
+            members.pop("dog_like")
+            clusters.append({"cluster": c, "name": name, "family": str(self.fits.family[c]),
+                             "members": {k: round(v, 4) for k, v in sorted(members.items(), key=lambda t: -t[1])
+                                         if v > 0},
+                             "kernels": int(mask.sum()),
                              "share": round(float(mask.mean()), 4),
                              "classified": round(float(self.classified[mask].mean()) if mask.any() else 0.0, 4),
                              "fit": self.fits.row(c)})
@@ -134,6 +160,10 @@ class ClusterResult:
         return {"options": asdict(self.options), "kernels": len(self.labels),
                 "classified": round(float(self.classified.mean()), 4),
                 "family_shares": {k: round(shares[k], 4) for k in SHARE_KEYS},
+                "reported_shares": {k: round(v, 4) for k, v in grouped_shares(self.families.family,
+                                                                             self.groups).items()},
+                "noise": {"relative_sd": round(self.noise, 5), "kernels": self.noise_kernels},
+                "separability": self.separability.to_json() if self.separability is not None else None,
                 "family_kernels_per_second": round(self.families.kernels_per_second, 1),
                 "reconstruction_mse": self.reconstruction_mse, "clusters": clusters, **self.extra}
 
@@ -167,11 +197,26 @@ def cluster_kernels(sets: list[KernelSet], options: ClusterOptions) -> ClusterRe
         if len(members):
             centroids[c] = normalise_kernels(members.mean(axis=0, keepdims=True).reshape(1, *shape))[0]
     similarity = np.einsum("nd,nd->n", data, centroids[labels])
-    fits = classify(centroids.reshape(-1, *shape), options.min_r2, options.criterion, refine=True)
-    names = _unique(fits.family.tolist())
     families = classify(kernels, options.min_r2, options.criterion)
+    noise, noise_kernels = estimate_noise(families)
+    separability = None
+    if options.merge and np.isfinite(noise) and min(shape) >= 3:
+        separability = measure(shape, noise, options.bench_per_family, options.seed)
+    fits = classify(centroids.reshape(-1, *shape), options.min_r2, options.centroid_criterion, refine=True)
+    groups = separability.groups if separability is not None else {n: n for n in NAMES}
+    names = _unique([reported_name(f, a, groups) for f, a in zip(fits.family, fits.amplitude, strict=True)])
     return ClusterResult(options, labels, similarity, centroids.reshape(-1, *shape), fits, names, sources,
-                         units, channels, families, mse)
+                         units, channels, families, mse, noise=noise, noise_kernels=noise_kernels,
+                         separability=separability)
+
+
+def reported_name(family: str, amplitude: float, groups: dict[str, str]) -> str:
+    """A centroid's name: its family's reported name, with the polarity of its centre where the merged group
+    has one (a merged centre-surround keeps on / off: the sign is never in doubt, the surround's shape is)."""
+    group = groups.get(family, family)
+    if group == GROUP_NAMES["laplacian"] and group != family:
+        return f"{group}_{'on' if amplitude > 0 else 'off'}"
+    return group
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -207,7 +252,8 @@ def write_cluster_outputs(result: ClusterResult, out_dir: str | Path, dpi: int =
 
 
 FAMILY_COLOURS = {"delta": "#7f7f7f", "gauss": "#ff7f0e", "dog_on": "#d62728", "dog_off": "#1f77b4",
-                  "d1": "#2ca02c", "laplacian": "#9467bd", "d2": "#8c564b", "other": "#e8e8e8"}
+                  "d1": "#2ca02c", "laplacian": "#9467bd", "d2": "#8c564b", "other": "#e8e8e8",
+                  "centre_surround": "#9467bd", "blob": "#ff7f0e"}  # a merged name takes its members' colour
 
 
 def _plot(result: ClusterResult, shares: list[dict[str, Any]], out: Path, dpi: int) -> list[Path]:
@@ -234,11 +280,13 @@ def _plot(result: ClusterResult, shares: list[dict[str, Any]], out: Path, dpi: i
                                      sharex=True)
     labels = [f"{r['source'][:12]}:{r['unit']}" for r in shares]
     bottom = np.zeros(len(shares))
-    for name in NAMES:  # each family apart: a delta or a Gaussian is not counted as a DoG
-        values = np.array([r[f"family_{name}"] for r in shares])
+    # the names reported (as in the CLI's table): families the naming does not separate at this kernel size and
+    # noise as one, the rest apart; a delta or a Gaussian is never counted as a DoG
+    for name in dict.fromkeys(result.groups[n] for n in NAMES):
+        values = np.array([r[f"reported_{name}"] for r in shares])
         fam_ax.bar(range(len(shares)), values, bottom=bottom, color=FAMILY_COLOURS[name], label=name)
         bottom += values
-    fam_ax.set_ylabel("family share (BIC)", fontsize=7)
+    fam_ax.set_ylabel(f"family share ({result.options.criterion.upper()})", fontsize=7)
     fam_ax.set_ylim(0, 1)
     fam_ax.legend(fontsize=5, bbox_to_anchor=(1.01, 1), loc="upper left")
     bottom = np.zeros(len(shares))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.filters.extract import KernelSet
+from pipeline.filters.kernel_set import KernelSet
 
 CMAP = "RdBu_r"  # red positive, blue negative, white 0
 

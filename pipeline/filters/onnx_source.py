@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.errors import UserError
-from pipeline.filters.extract import KernelSet
+from pipeline.filters.kernel_set import KernelSet
 
 
 def _onnx() -> Any:

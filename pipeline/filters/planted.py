@@ -134,8 +134,8 @@ def bench_planted(per_family: int = 100, size: int = 7, noise: float = 0.015, cl
 
     from pipeline.filters.cluster import ClusterOptions, cluster_kernels
     from pipeline.filters.dog import DOG_FIT_R2, best_fit_r2, fit_kernel
-    from pipeline.filters.extract import KernelSet
     from pipeline.filters.families import classify
+    from pipeline.filters.kernel_set import KernelSet
 
     kernels, truth = planted_kernels(per_family, size, noise, seed, gaussian=gaussian)
     new = classify(kernels)
