@@ -76,7 +76,7 @@ def test_other_unit_kinds_under_each_value() -> None:
     both = frozen_of("both", 18, "kernel")
     assert len(both) == 54 and all(n.endswith(".weight") and (".conv_dw." in n or ".mlp.fc" in n) for n in both)
     assert len(frozen_of("both", 18, "kernel_and_bias")) == 108
-    pw = frozen_of("pointwise", 2, "kernel")
+    pw = frozen_of("pointwise", 1, "kernel")
     assert pw == {"stages.0.blocks.0.mlp.fc1.weight", "stages.0.blocks.0.mlp.fc2.weight"}
     block_k, block_kb = frozen_of("block", 2, "kernel"), frozen_of("block", 2, "kernel_and_bias")
     stem_and_block1 = {n for n, _ in convnext_t_meta().named_parameters()

@@ -17,7 +17,9 @@ from pipeline.models.layer_plan import is_depthwise, plan_units
     ("hornet_tiny_7x7", "depthwise", 25),
     ("resnet18", "block", 9),
     ("convnext_demo", "depthwise", 5),
-    ("convnext_demo", "pointwise", 10),
+    ("convnext_demo", "pointwise", 5),
+    ("convnext_tiny", "pointwise", 18),
+    ("hornet_tiny_7x7", "pointwise", 25),
     ("resnet_demo", "block", 5),
     ("resnet18", "depthwise", 0),
     ("convnext_demo", "both", 5),
@@ -46,9 +48,13 @@ def test_block_units_start_with_the_stem_and_exclude_the_head() -> None:
 
 
 def test_pointwise_units_are_the_mixers_of_depthwise_blocks() -> None:
-    units = plan_units(timm.create_model("convnext_demo"), "pointwise")
-    assert [u.modules[0] for u in units[:2]] == ["stages.0.blocks.0.mlp.fc1", "stages.0.blocks.0.mlp.fc2"]
+    """Pointwise unit i = the mixers of depthwise unit i's block: one depth axis for all three kinds."""
+    model = timm.create_model("convnext_demo")
+    units = plan_units(model, "pointwise")
+    assert units[0].modules == ("stages.0.blocks.0.mlp.fc1", "stages.0.blocks.0.mlp.fc2")
     assert not any(m.startswith(("head", "stem")) for u in units for m in u.modules)
+    both = plan_units(model, "both")
+    assert [set(b.modules) - {b.modules[0]} for b in both] == [set(u.modules) for u in units]
 
 
 def test_layers_command_prints_units_and_count(capsys: pytest.CaptureFixture[str]) -> None:

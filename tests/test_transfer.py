@@ -13,7 +13,7 @@ from pipeline.config import CellConfig, ModelConfig, OptimConfig
 from pipeline.models.layer_plan import plan_units, unit_param_names
 from pipeline.models.zoo import create_model
 from pipeline.training.classifier import ImageClassifier
-from pipeline.training.train import build_datamodule_for, read_result, train_cell
+from pipeline.training.train import build_datamodule_for, init_seed, read_result, train_cell
 from pipeline.transfer.apply import TransferSpec
 from tests.conftest import cell_config
 
@@ -65,7 +65,8 @@ def initial_weights(cfg: CellConfig) -> dict[str, torch.Tensor]:
     datamodule = build_datamodule_for(cfg)
     spec = TransferSpec(**{k: getattr(cfg.transfer, k) for k in cfg.transfer.__dataclass_fields__}) \
         if cfg.transfer else None
-    module = ImageClassifier(cfg.model, cfg.optim, num_classes=datamodule.num_classes, transfer=spec)
+    module = ImageClassifier(cfg.model, cfg.optim, num_classes=datamodule.num_classes, transfer=spec,
+                             init_seed=init_seed(cfg))
     return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
 
@@ -130,10 +131,13 @@ def test_finetuned_units_start_as_a_and_move(tmp_path: Path, base_a: Path) -> No
             assert not torch.equal(a[key], b[key]), f"{key} should have been fine-tuned"
 
 
-def test_random_frozen_control_keeps_the_cells_own_init(tmp_path: Path) -> None:
-    """init random: no base at all; the chosen units keep the seed's fresh init, frozen; the rest trains."""
-    cfg = cell_config(tmp_path / "rnd3", transfer={"init": "random", "unit_kind": "both", "depth": 3},
-                      data={"subset": {"per_class": 60, "seed": 3}})
+@pytest.mark.parametrize("reinit", ["fresh", "paired"])
+def test_random_frozen_control_keeps_the_cells_own_init(tmp_path: Path, reinit: str) -> None:
+    """init random: no base at all; the chosen units keep the cell's init, frozen; the rest trains. Under
+    reinit paired that init is the base's (the seed's scratch init); under fresh (the default) a draw of its own."""
+    cfg = cell_config(tmp_path / "rnd3", transfer={"init": "random", "unit_kind": "both", "depth": 3,
+                                                   "reinit": reinit},
+                      data={"subset": {"per_class": 60, "seed": 3, "steps": "epochs"}})
     start = initial_weights(cfg)
     L.seed_everything(cfg.seed, verbose=False)
     scratch_init = create_model("convnext_demo", num_classes=5).state_dict()
@@ -143,13 +147,15 @@ def test_random_frozen_control_keeps_the_cells_own_init(tmp_path: Path) -> None:
     frozen = kernels({k for unit in units[:3] for k in unit})
     assert {"stages.0.blocks.0.conv_dw.weight", "stages.0.blocks.0.mlp.fc2.weight"} <= frozen
     for key in frozen:
-        assert torch.equal(b[key], start[key]) and torch.equal(b[key], scratch_init[key]), key
+        assert torch.equal(b[key], start[key]), key
+        assert torch.equal(b[key], scratch_init[key]) == (reinit == "paired"), key
     for key in model_params() - frozen:
         assert not torch.equal(b[key], start[key]), f"{key} did not train"
     result = read_result(cfg.run_dir)
     assert result is not None
     assert result["transfer"]["init"] == "random" and result["transfer"]["units"] == [1, 2, 3]
-    assert result["subset"] == {"per_class": 60, "fraction": None, "seed": 3} and result["train_samples"] == 300
+    assert result["subset"] == {"per_class": 60, "fraction": None, "seed": 3, "steps": "epochs"}
+    assert result["train_samples"] == 300
 
 
 def test_shuffle_permutes_a_filters_across_channels(base_a: Path) -> None:
@@ -174,8 +180,9 @@ def test_shuffle_permutes_a_filters_across_channels(base_a: Path) -> None:
 
 
 def test_depth_zero_equals_training_from_scratch(tmp_path: Path, base_a: Path) -> None:
-    """n = 0 copies nothing and consumes no randomness: the result is the scratch run with the same seed."""
-    zero = transfer_cell(tmp_path, base_a, "AnB0", depth=0)
+    """n = 0 copies nothing and consumes no randomness: with paired re-initialisation the result is the scratch run
+    with the same seed (the training stream and data order are the seed's for every variant)."""
+    zero = transfer_cell(tmp_path, base_a, "AnB0", depth=0, reinit="paired")
     assert not torch.equal(weights(zero)["stem.0.weight"], weights(base_a)["stem.0.weight"])
     scratch = tmp_path / "scratch"
     train_cell(cell_config(scratch))

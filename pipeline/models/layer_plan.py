@@ -3,7 +3,10 @@
 A transfer experiment copies "the first n units" from model A to model B; what a unit is depends on the question:
 
 * ``depthwise`` -- each depthwise conv (groups == in == out channels > 1): the Master Key Filters units;
-* ``pointwise`` -- each 1x1 conv / Linear inside a block that holds a depthwise conv (the channel mixers);
+* ``pointwise`` -- the 1x1 convs / Linears of the block that holds depthwise unit i (the channel mixers), one
+  unit per block: "the first n pointwise units" covers the same blocks as "the first n depthwise units", so
+  depthwise, pointwise and both curves share one depth axis (per-layer units made depth n of HorNet-T's 170
+  mixers a tenth of the network where n depthwise units were n of 25 blocks);
 * ``both``      -- depthwise unit i together with the pointwise layers of the same block (ConvNeXt: conv_dw +
   mlp.fc1 + mlp.fc2; HorNet: gnconv.dwconv + proj_in, pws, proj_out, pwconv1/2; MobileNetV3: conv_dw + conv_pw,
   SE convs, conv_pwl), so there are as many ``both`` units as depthwise ones;
@@ -15,6 +18,8 @@ layers that see the image first, which need not be the order modules were regist
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +56,19 @@ def is_pointwise(module: nn.Module) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups == 1 and tuple(module.kernel_size) == (1, 1)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module in eval mode for a probe pass, then each back in *its own* mode: ``model.train()`` would put
+    a frozen unit's BatchNorm (kept in eval on purpose) back into training and let its statistics drift."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 def forward_order(model: nn.Module, image_size: int = 64) -> list[str]:
     """Names of the leaf modules in the order a forward pass first calls them (registration order if it fails)."""
     order: list[str] = []
@@ -65,10 +83,8 @@ def forward_order(model: nn.Module, image_size: int = 64) -> list[str]:
 
             hooks.append(module.register_forward_hook(hook))
     in_chans = int(getattr(model, "pretrained_cfg", {}).get("input_size", (3,))[0])
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             param = next(model.parameters())
             model(torch.zeros(1, in_chans, image_size, image_size, device=param.device, dtype=param.dtype))
     except Exception:  # models with fixed input sizes: registration order is the best we know
@@ -76,7 +92,6 @@ def forward_order(model: nn.Module, image_size: int = 64) -> list[str]:
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     rank = {n: i for i, n in enumerate(order)}
     # modules never called (unused heads) go last, keeping registration order
     leaves = [n for n, m in model.named_modules() if not list(m.children())]
@@ -136,14 +151,12 @@ def plan_units(model: nn.Module, kind: str) -> list[TransferUnit]:
             units.append(TransferUnit(len(units) + 1, kind, owners, f"{len(owners)} layers", count))
         return units
     head = {_owner(n) for n in _classifier_params(model)}
-    ds_layers: set[str] = set()
     mixers_of: dict[str, list[str]] = {}  # depthwise layer -> the pointwise layers of its block
     for names in groups:
         owners = {_owner(n) for n in names}
         depthwise = sorted((o for o in owners if is_depthwise(modules[o])), key=lambda o: position.get(o, 1 << 30))
         if depthwise:
             mixers = {o for o in owners if is_pointwise(modules[o]) and o not in head}
-            ds_layers |= mixers
             # a block with several depthwise convs (none in timm today) gives its mixers to the first one
             mixers_of[depthwise[0]] = sorted(mixers, key=lambda o: position.get(o, 1 << 30))
             for other in depthwise[1:]:
@@ -156,10 +169,12 @@ def plan_units(model: nn.Module, kind: str) -> list[TransferUnit]:
                 count = sum(_param_count(modules[o]) for o in owners)
                 units.append(TransferUnit(len(units) + 1, kind, owners, f"{_shape(m)} +{len(owners) - 1}", count))
         return units
-    for name in order:
-        if name in ds_layers:
-            m = modules[name]
-            units.append(TransferUnit(len(units) + 1, kind, (name,), _shape(m), _param_count(m)))
+    for name in order:  # pointwise: the mixers of each depthwise block, in the blocks' forward order
+        m = modules[name]
+        if is_depthwise(m) and mixers_of.get(name):
+            owners = tuple(mixers_of[name])
+            count = sum(_param_count(modules[o]) for o in owners)
+            units.append(TransferUnit(len(units) + 1, kind, owners, f"{len(owners)} layers", count))
     return units
 
 

@@ -10,7 +10,7 @@ that rebuilds every entry. An arch missing from the table is built once (meta de
 
 The table also holds each kind's **stage sizes** (``"stages": {kind: [3, 3, 9, 3]}``: how many consecutive units
 of the kind each stage of the network holds, in forward order), which an adaptive depth grid starts from
-(``start: stages`` in :mod:`launch.adaptive`). A unit's stage is read from its first module's name: ``stages.N``
+(``start: stages`` in :mod:`launch.planning.depths`). A unit's stage is read from its first module's name: ``stages.N``
 (ConvNeXt, HorNet), ``blocks.N`` (MobileNetV3's stages) or ``layerN`` (ResNet); a unit outside every stage (the
 stem of ``block`` units) is a stage of its own.
 """

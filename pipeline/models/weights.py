@@ -14,6 +14,8 @@ A transfer's base (model A) is one of three sources, all read by :func:`load_wei
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -22,8 +24,22 @@ from safetensors.torch import save_file
 from torch import nn
 
 from datamodules.errors import UserError
+from pipeline.results.run_folder import WEIGHTS_FILE
 
-WEIGHTS_FILE = "weights.safetensors"
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A short content hash of a tensor (dtype, shape and bytes): the protocol audit's bit-for-bit comparisons of
+    weights across run folders, without keeping or re-reading the tensors (blake2b, ~1 GB/s on one core)."""
+    flat = tensor.detach().cpu().contiguous()
+    digest = hashlib.blake2b(f"{flat.dtype}|{tuple(flat.shape)}|".encode(), digest_size=8)
+    if flat.numel():
+        digest.update(memoryview(flat.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def state_digests(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """:func:`tensor_digest` of every tensor of a state_dict, by key."""
+    return {key: tensor_digest(value) for key, value in state.items()}
 
 
 def save_weights(model: nn.Module, path: str | Path, arch: str, num_classes: int) -> None:
@@ -32,6 +48,8 @@ def save_weights(model: nn.Module, path: str | Path, arch: str, num_classes: int
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"arch": arch, "num_classes": str(num_classes)})
+    with open(tmp, "rb") as f:  # on disk before it has its name: a crash never leaves a named, torn file
+        os.fsync(f.fileno())
     tmp.replace(path)
 
 

@@ -4,9 +4,13 @@ This is the whole difference between a base cell and a transfer cell; training i
 units start is an *init mode*, one entry of :data:`INITS`:
 
 * ``copy``    -- model A's weights (Yosinski's AnB / AnB+ / reverse);
-* ``random``  -- the random-frozen control: the units keep the cell's own fresh initialisation (drawn from the
-  cell's seed, exactly as a base cell's), so no base weights are read and ``transfer.base`` may be empty. If these
-  units, frozen, score as well as transferred ones, a flat AnB curve says nothing about transfer;
+* ``random``  -- the random-frozen control: the units keep the cell's own fresh initialisation, so no base weights
+  are read and ``transfer.base`` may be empty. If these units, frozen, score as well as transferred ones, a flat
+  AnB curve says nothing about transfer. A residual block would otherwise be frozen as an identity map (timm's
+  ResNets zero their branches' last BatchNorm, ConvNeXt and HorNet scale branches by 1e-6), so its branch scales
+  are drawn as a network built without zero-init would have them (BatchNorm gamma 1; a layer scale at unit gain
+  on a probe batch; :mod:`pipeline.models.residual`): random features, as Yosinski et al.'s conventional AlexNet
+  layers were;
 * ``shuffle`` -- A's weights, then each layer's filters permuted across its output channels (one seeded
   permutation per layer, applied to every per-channel tensor of that layer: weight rows, bias, norm statistics):
   the same filter bank, broken channel correspondence.
@@ -36,12 +40,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from datamodules.errors import UserError
 from pipeline.models.layer_plan import UNIT_KINDS, TransferUnit, plan_units, unit_param_names
-from pipeline.models.weights import load_weights
+from pipeline.models.residual import branch_scales, draw_branch_scales
+from pipeline.models.weights import load_weights, tensor_digest
 from pipeline.transfer.mapping import MappingPolicy, map_tensor, mapping_table
 
 DIRECTIONS = ("first", "last")
 MODES = ("frozen", "finetune")
 FREEZES = ("kernel", "kernel_and_bias")  # what a frozen unit fixes; block units: the whole block under both
+REINITS = ("fresh", "paired")  # layers not copied: a new draw per cell, or the reference base's own init
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class TransferSpec:
     freeze: str = "kernel"  # what a frozen unit fixes: kernel (weights only) | kernel_and_bias; blocks: all
     mapping: Any = None  # None: same architecture only; else a MappingPolicy (or its dict from the config)
     seed: int | None = None  # the cell's seed (shuffle); None: torch.initial_seed(), set by seed_everything(seed)
+    reinit: str = "fresh"  # fresh | paired: see pipeline.training.train.init_seed (applied where the model is built)
 
     def __post_init__(self) -> None:
         if self.unit_kind not in UNIT_KINDS:
@@ -75,6 +82,9 @@ class TransferSpec:
         if self.freeze not in FREEZES:
             raise UserError(f"unknown transfer.freeze {self.freeze!r}; use one of {', '.join(FREEZES)} (kernel: "
                             "only the units' weights, the authors' protocol; kernel_and_bias: their biases too)")
+        if self.reinit not in REINITS:
+            raise UserError(f"unknown transfer.reinit {self.reinit!r}; use fresh (a new draw of every layer not "
+                            "copied, per cell) or paired (the reference base's own initial tensors)")
         if self.init not in INITS:
             raise UserError(f"unknown transfer.init {self.init!r}; use one of {', '.join(INITS)}")
         if not self.base and self.init != "random":
@@ -107,12 +117,16 @@ class AppliedTransfer:
     frozen: list[str] = field(default_factory=list)  # parameter names given requires_grad=False
 
     mapped: list[dict[str, Any]] = field(default_factory=list)  # cross-arch: the mapping table's rows
+    # copied key -> {"src": the base's key, "src_digest": content hash of the base tensor as read}: lets the
+    # protocol audit check that a transfer read its source cell's final weights
+    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+    redrawn: list[str] = field(default_factory=list)  # random units: branch scales drawn away from zero-init
 
     def to_json(self) -> dict[str, Any]:
         spec = asdict(self.spec)
         spec.pop("seed", None)
         return {**spec, "base_arch": self.base_arch, "units": self.units, "copied_tensors": len(self.copied),
-                "frozen_tensors": len(self.frozen),
+                "frozen_tensors": len(self.frozen), **({"redrawn": self.redrawn} if self.redrawn else {}),
                 **({"mapped_units": self.mapped} if self.mapped else {})}
 
 
@@ -130,8 +144,37 @@ class InitContext:
 
 
 def _init_random(ctx: InitContext) -> None:
-    """The random-frozen control: leave the units as the model was built (the cell's own seeded init)."""
+    """The random-frozen control: the units as the model was built (the cell's own seeded init), except that a
+    block unit's residual-branch scales are drawn away from zero-init, so the frozen block is no identity."""
     ctx.applied.base_arch = ctx.arch
+    modules = dict(ctx.model.named_modules())
+    blocks = [b for u in ctx.units for b in unit_blocks(u, modules)]
+    seed = ctx.spec.seed if ctx.spec.seed is not None else 0
+    ctx.applied.redrawn.extend(draw_branch_scales(ctx.model, blocks, seed=int(seed)))
+
+
+def unit_blocks(unit: TransferUnit, modules: dict[str, nn.Module]) -> list[str]:
+    """The residual blocks a unit holds whole (modules with branch scales, :mod:`pipeline.models.residual`, all
+    of whose parameter-owning modules belong to the unit), outermost first, in the unit's order. A ConvNeXt
+    block unit that also holds its stage's downsample layer holds one block; a stem holds none."""
+    members = set(unit.modules)
+    candidates: list[str] = []
+    for name in unit.modules:
+        parts = name.split(".")
+        for end in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:end])
+            if prefix not in candidates:
+                candidates.append(prefix)
+    blocks: list[str] = []
+    for prefix in candidates:
+        module = modules.get(prefix)
+        if module is None or any(prefix.startswith(b + ".") for b in blocks):
+            continue
+        owners = {n if not prefix else f"{prefix}.{n}" if n else prefix
+                  for n, m in module.named_modules() if any(True for _ in m.parameters(recurse=False))}
+        if owners <= members and branch_scales(module):
+            blocks.append(prefix)
+    return blocks
 
 
 def _init_copy(ctx: InitContext) -> None:
@@ -173,6 +216,7 @@ def _init_copy(ctx: InitContext) -> None:
                         )
                     state[dst].copy_(tensors[src])
                     ctx.applied.copied.append(dst)
+                    ctx.applied.provenance[dst] = {"src": src, "src_digest": tensor_digest(tensors[src])}
             return
         rows = mapping_table(spec.mapping, base_model, base_units, model, ctx.all_units,
                              only={u.index for u in ctx.units})
@@ -182,6 +226,7 @@ def _init_copy(ctx: InitContext) -> None:
                 value, _ = map_tensor(spec.mapping, tensors[src], state[dst].shape, row.target, dst)
                 state[dst].copy_(value)
                 ctx.applied.copied.append(dst)
+                ctx.applied.provenance[dst] = {"src": src, "src_digest": tensor_digest(tensors[src])}
             ctx.applied.mapped.append(row.to_json())
 
 
