@@ -19,6 +19,8 @@ LOADERS = ("default", "folder", "wds", "ffcv")
 # DataConfig keys only the image loaders understand, with the defaults that mean "not used"
 _IMAGE_KEYS = {"val_image_size": None, "scale": [0.08, 1.0], "crop_ratio": 224 / 256, "shuffle_buffer": 1000,
                "shards": None}
+# loaders whose crop size is fixed when their workers start: progressive resizing is refused before any run dir
+_FIXED_SIZE_LOADERS = {"ffcv": "loader ffcv", "folder": "loader folder"}
 
 
 def _reject_unused(where: str, kwargs: dict[str, Any], keys: dict[str, Any]) -> None:
@@ -33,6 +35,13 @@ def build_datamodule(dataset: str, loader: str = "default", **kwargs: Any) -> Sp
     """The datamodule for ``dataset`` (a name from :data:`DATASETS`) read by ``loader``, from a cell's ``data``."""
     if loader not in LOADERS:
         raise UserError(f"unknown data.loader {loader!r}; use one of {', '.join(LOADERS)}")
+    fixed = _FIXED_SIZE_LOADERS.get("folder" if dataset == "image_folder" and loader in ("default", "folder")
+                                    else loader)
+    if kwargs.get("progressive") is not None and fixed:
+        raise UserError(f"data.progressive is not supported by {fixed} (its crop size is fixed when its workers "
+                        "start); use loader wds (or an in-memory dataset), or remove data.progressive")
+    if kwargs.get("progressive") is None:
+        kwargs.pop("progressive", None)
     if loader in ("wds", "ffcv"):
         # subset / max_train_samples / max_val_samples are passed through: both shard loaders choose them from
         # their index, seeded and stratified as datamodules.sources.subsets does for every loader

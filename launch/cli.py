@@ -1,4 +1,5 @@
-"""`mkf`: the command line of masterkey-filters.
+"""`mkf`: the command line of masterkey-filters: the argument parser, dispatching each verb to its function in
+:mod:`launch.commands`.
 
 Every user mistake surfaces as one line on stderr (``mkf: error: ...``) and exit status 2; the commands check
 their input before they write or train anything.
@@ -12,183 +13,28 @@ import sys
 
 from configs import config_path
 from datamodules.errors import UserError
-from launch.console import console, err_console
+from launch.commands.bench import cmd_bench_adaptive, cmd_bench_cli, cmd_bench_sweep, cmd_bench_train
+from launch.commands.costs import add_parsers as add_costs_parsers
+from launch.commands.demo import cmd_demo
+from launch.commands.layers import cmd_layers
+from launch.commands.report import cmd_report
+from launch.commands.sweep import (
+    cmd_sweep_advance,
+    cmd_sweep_audit,
+    cmd_sweep_cancel,
+    cmd_sweep_dashboard,
+    cmd_sweep_plan,
+    cmd_sweep_report,
+    cmd_sweep_run,
+    cmd_sweep_smoke,
+    cmd_sweep_status,
+    cmd_sweep_sync,
+    cmd_sweep_worker,
+)
+from launch.commands.train import cmd_train
+from launch.core.console import err_console
 
 DEMO_CONFIG = config_path("demo.yaml")  # package data: found from a checkout and from an installed wheel
-
-
-# ---- mkf layers ---------------------------------------------------------------------------------------------
-def cmd_layers(args: argparse.Namespace) -> int:
-    from launch.layers_view import print_layers
-
-    return print_layers(args)
-
-
-# ---- mkf train ----------------------------------------------------------------------------------------------
-def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.training.allocator import tune_malloc
-
-    tune_malloc()  # before torch allocates: freed step memory stays in the process (see the module)
-    from pipeline.config import load_cell_config
-    from pipeline.training.train import train_cell
-
-    cfg = load_cell_config(args.config)
-    if args.run_dir:
-        cfg.run_dir = args.run_dir
-    for flag, key in (("num_nodes", "num_nodes"), ("devices", "devices"), ("accelerator", "accelerator")):
-        if getattr(args, flag) is not None:
-            setattr(cfg.trainer, key, getattr(args, flag))
-    if isinstance(cfg.trainer.devices, int) and cfg.trainer.devices * cfg.trainer.num_nodes > 1:
-        cfg.trainer.strategy = "ddp" if cfg.trainer.strategy == "auto" else cfg.trainer.strategy
-    from launch import slurm_runtime
-    from launch.store import run_once
-
-    def train() -> int:
-        if slurm_runtime.in_slurm_step():  # preemption, periodic checkpoints and the restart policy live there
-            return slurm_runtime.train_in_slurm(cfg, report=err_console.print)
-        result = train_cell(cfg)
-        if result:
-            console.print(f"{cfg.run_dir}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-                          f"{result['steps']} steps in {result['wall_time_s']:.1f} s")
-        return 0
-
-    # claimed first: a cell of a shared store is trained by one process, whoever else plans it
-    return run_once(args.config, train, run_dir=cfg.run_dir, say=err_console.print)
-
-
-# ---- mkf sweep ----------------------------------------------------------------------------------------------
-def cmd_sweep_plan(args: argparse.Namespace) -> int:
-    from launch.catalog import plan_catalog, write_catalog
-    from launch.sweep_view import print_plan
-
-    plan = plan_catalog(args.sweep)  # one sweep file, or several / a folder as one catalog plan
-    print_plan(plan)
-    written = write_catalog(plan, view=False)  # the links into the store are made by `run`
-    console.print(f"manifest: {written[-1]}" + (f" (and each sweep's own: {len(written) - 1})" if len(written) > 1
-                                                else ""))
-    return 0
-
-
-def cmd_sweep_run(args: argparse.Namespace) -> int:
-    from launch.sweep_run import run_sweep
-
-    return run_sweep(args.sweep, args.executor, args.slots, progress=not args.no_progress, profile=args.profile,
-                     profiles_file=args.profiles, dry_run=args.dry_run, bundle=not args.no_bundle,
-                     bundle_below_min=args.bundle_below)
-
-
-def cmd_sweep_worker(args: argparse.Namespace) -> int:
-    from launch.bundle import run_list
-
-    return run_list(args.configs, args.log_dir)
-
-
-def cmd_sweep_status(args: argparse.Namespace) -> int:
-    from launch.sweep_view import print_status
-
-    return print_status(args.target, only=args.only, limit=args.limit)
-
-
-def cmd_sweep_advance(args: argparse.Namespace) -> int:
-    from launch.adaptive import advance_sweep
-
-    return advance_sweep(args.target)
-
-
-def cmd_sweep_cancel(args: argparse.Namespace) -> int:
-    from launch.adaptive import cancel_planner
-    from launch.catalog import parts, resolve_targets
-    from launch.executors import executors_used
-
-    plan = resolve_targets(args.target)
-    stopped: dict[str, list[str]] = {}
-    for p in {id(p): p for p in [plan, *parts(plan)]}.values():  # a catalog run, and each sweep run on its own
-        for e in executors_used(p):
-            stopped.setdefault(e.name, []).extend(e.cancel(p))
-        stopped.setdefault("adaptive planner", []).extend(cancel_planner(p))
-    if not any(stopped.values()):
-        console.print("nothing running or queued for this sweep")
-    for name, ids in stopped.items():
-        if ids:
-            console.print(f"cancelled ({name}): {', '.join(ids)}")
-    return 0
-
-
-def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from launch.report import report_targets
-
-    report_targets(args.target, partial=args.partial)
-    return 0
-
-
-def cmd_sweep_sync(args: argparse.Namespace) -> int:
-    from launch.sweep import resolve_plan
-    from launch.wandb_sync import sync_sweep
-
-    return sync_sweep(resolve_plan(args.target), dry_run=args.dry_run, console=console)
-
-
-def cmd_sweep_dashboard(args: argparse.Namespace) -> int:
-    from launch.dashboard import make_dashboard
-    from launch.sweep import resolve_plan
-
-    make_dashboard(resolve_plan(args.target), dry_run=args.dry_run, console=console)
-    return 0
-
-
-# ---- mkf report ---------------------------------------------------------------------------------------------
-def cmd_report(args: argparse.Namespace) -> int:
-    from launch.catalog import is_catalog_dir
-    from launch.report import report, report_targets
-
-    if is_catalog_dir(args.dir):  # a catalog run's report job
-        report_targets(args.dir, partial=args.partial)
-        return 0
-    report(args.dir, partial=args.partial)
-    return 0
-
-
-# ---- mkf demo -----------------------------------------------------------------------------------------------
-def cmd_demo(args: argparse.Namespace) -> int:
-    from launch.demo import run_demo
-
-    return run_demo(args.config, args.slots, progress=not args.no_progress)
-
-
-# ---- mkf bench ----------------------------------------------------------------------------------------------
-def cmd_bench_train(args: argparse.Namespace) -> int:
-    from pipeline.bench.train import bench_train
-
-    bench_train(arch=args.arch, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                image_size=args.image_size, repeats=args.repeats, out_json=args.json, console=console)
-    return 0
-
-
-def cmd_bench_sweep(args: argparse.Namespace) -> int:
-    if args.cells_per_hour:
-        from launch.bench.sweep_cells import bench_cells
-
-        bench_cells(seeds=args.demo_seeds, slots=args.slots, out_json=args.json, console=console)
-        return 0
-    from launch.bench.sweep_submit import bench_sweep
-
-    bench_sweep(seeds=args.seeds, arch=args.arch, profile=args.profile, profiles_file=args.profiles,
-                submit=not args.no_submit, out_json=args.json, console=console)
-    return 0
-
-
-def cmd_bench_adaptive(args: argparse.Namespace) -> int:
-    from launch.adaptive import catalog_costs
-
-    catalog_costs(console=console)
-    return 0
-
-
-def cmd_bench_cli(args: argparse.Namespace) -> int:
-    from launch.bench.cli_timing import bench_cli
-
-    bench_cli(repeats=args.repeats, seeds=args.seeds, out_json=args.json, console=console)
-    return 0
 
 
 # ---- parser -------------------------------------------------------------------------------------------------
@@ -230,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train one cell from a YAML config",
                        description="Train one cell (base or transfer) into its run directory; rerunning a "
                                    "finished cell is a no-op, an interrupted one resumes from last.ckpt.")
-    s.add_argument("--config", required=True, help="cell YAML (see README 'Config format')")
+    s.add_argument("--config", required=True, help="cell YAML (see docs/reference.md 'Config format')")
     s.add_argument("--run-dir", help="override the config's run_dir")
     s.add_argument("--num-nodes", type=int, help="override trainer.num_nodes (set by the Slurm executor)")
     s.add_argument("--devices", type=int, help="override trainer.devices per node (set by the Slurm executor)")
@@ -288,6 +134,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", nargs="+", help="sweep YAML(s), a folder of them, or sweep / catalog output directories")
     s.add_argument("--partial", action="store_true", help="report the cells finished so far")
     s.set_defaults(func=cmd_sweep_report)
+    s = sweep.add_parser(
+        "smoke", help="write smoke-scale copies of sweeps (real archs, 32 px, 2 steps) to run before the real thing",
+        description="Writes each sweep as a smoke sweep into OUT: the same archs (real timm models at full "
+                    "width), unit kinds, variants, recipes, datasets and profiles, at one seed, the first "
+                    "transfer pair, the first, middle and last unit, 32 px, 16 training images per dataset and two "
+                    "optimizer steps per cell (with gradient accumulation), W&B off. Then `mkf sweep run OUT` "
+                    "trains them, `mkf sweep audit OUT` checks every cell's protocol and `mkf sweep report OUT` "
+                    "draws every figure: the whole pipeline, on your data and cluster, for minutes of compute.")
+    s.add_argument("sweep", nargs="+", help="sweep YAML(s) or a folder of them, e.g. configs/paper/")
+    s.add_argument("--out", required=True, help="folder for the smoke sweeps (their results go under OUT/results)")
+    s.add_argument("--data-root", help="the folder relative data paths are read from (the sweeps' data_root)")
+    s.add_argument("--source-file", action="append", metavar="NAME=PATH",
+                   help="a local weights file for an external source (e.g. in1k_timm=convnext_tiny.safetensors); "
+                        "pairs from sources without one are left out (no download)")
+    s.set_defaults(func=cmd_sweep_smoke)
+    s = sweep.add_parser(
+        "audit", help="check every finished cell against the experiment it claims to be (exit 1 on a failure)",
+        description="The protocol audit, from each cell's evidence.json (written while it trained): transferred "
+                    "units equal their source's final tensors and frozen ones stayed put; re-initialised layers "
+                    "are a fresh draw (or the reference's, under transfer.reinit: paired); random-frozen and "
+                    "shuffled units are no identity map; the cells of each comparison trained at one world size, "
+                    "global batch, LR schedule, resolution, recipe and step count with paired seeds; the classes "
+                    "and validation data are as declared. One table per sweep, audit.json beside it; `mkf report` "
+                    "runs the same audit and marks what fails.")
+    s.add_argument("target", nargs="+", help="sweep YAML(s), a folder of them, or sweep / catalog output directories")
+    s.set_defaults(func=cmd_sweep_audit)
     s = sweep.add_parser("sync", help="upload every cell's offline W&B runs (wandb sync), once back online")
     s.add_argument("target", help="sweep YAML or sweep output directory")
     s.add_argument("--dry-run", action="store_true", help="list the offline runs, upload nothing")
@@ -317,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir", help="sweep output directory, e.g. results/demo, or a catalog run's folder")
     s.add_argument("--partial", action="store_true", help="report the cells finished so far (a running sweep)")
     s.set_defaults(func=cmd_report)
+
+    add_costs_parsers(sub, sweep)  # `mkf costs fit`, `mkf sweep calibrate`
 
     s = sub.add_parser("demo", help="the embedded default: a small real sweep on CPU ending in a figure",
                        description="Runs configs/demo.yaml (Fashion-MNIST halves, tiny ConvNeXt and ResNet, AnB, "
@@ -378,10 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if words[:1] == ["train"]:
-        from launch import slurm_runtime  # torch-free
+        from launch.worker import slurm_task  # torch-free
 
-        if slurm_runtime.in_slurm_step():  # a preemption during the imports below is recorded, not fatal
-            slurm_runtime.record_early_signals()
+        if slurm_task.in_slurm_step():  # a preemption during the imports below is recorded, not fatal
+            slurm_task.record_early_signals()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

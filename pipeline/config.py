@@ -29,6 +29,25 @@ class SubsetConfig:
     per_class: int | None = None  # keep this many training images of each class
     fraction: float | None = None  # or this share of each class's training images, 0 < fraction <= 1
     seed: int = 0
+    # full = as many optimizer steps as the whole set would take (Yosinski's reduced sources differ in data only,
+    # not in training length); epochs = the cell's max_epochs over the subset (fewer steps the smaller it is)
+    steps: str = "full"
+
+
+@dataclass
+class ProgressiveConfig:
+    """FFCV-style progressive resizing (datamodules.progressive): the training resolution ramps linearly from
+    ``start`` px (up to and including epoch ``start_epoch``) to ``data.image_size`` (from epoch ``end_epoch`` on),
+    in steps of ``step`` px, as FFCV's ImageNet recipe ramps 160 -> 192 between epochs 65 and 76 of 88. Validation
+    stays at ``data.val_image_size`` (default: the final training resolution). Epochs count the full run: under
+    ``trainer.budget`` they are scaled with it. Loaders: the in-memory datasets and wds (others: a one-line error).
+    """
+
+    start: int | None = None  # first training resolution, px (a multiple of step)
+    end: int | None = None  # final training resolution: data.image_size (only that value is accepted here)
+    start_epoch: int | None = None  # train at ``start`` up to and including this epoch (0-based)
+    end_epoch: int | None = None  # train at data.image_size from this epoch on
+    step: int = 32  # resolutions move in multiples of this many px (FFCV's 32)
 
 
 @dataclass
@@ -50,6 +69,7 @@ class DataConfig:
     crop_ratio: float = 224 / 256  # validation: resize short side to size / crop_ratio, then centre crop
     shuffle_buffer: int = 1000  # wds: samples in each worker's shuffle buffer (on top of the shard permutation)
     subset: SubsetConfig | None = None  # reduced training set: {per_class: N} or {fraction: f}, seeded, stratified
+    progressive: ProgressiveConfig | None = None  # FFCV-style progressive resizing of the training resolution
 
 
 @dataclass
@@ -71,6 +91,10 @@ class EmaConfig:
     decay: float = 0.9999  # ConvNeXt's model EMA decay
     warmup: bool = False  # timm's EMA warmup (decay ramps up from 0 over the first steps)
     every_n_steps: int = 1  # update after every N optimizer steps
+    # none = ``decay`` as written; torchvision = torchvision's reference script's rule (references/classification/
+    # train.py): 1 - decay is scaled by global batch x every_n_steps / max_epochs (capped at 1), so a recipe's decay
+    # keeps its horizon as a share of the run at any batch size and length (pipeline.training.schedule.ema_decay)
+    adjust: str = "none"
 
 
 @dataclass
@@ -96,7 +120,23 @@ class OptimConfig:
     lr_scaling: str = "none"  # none | linear: lr *= global_batch / base_batch_size
     base_batch_size: int = 256
     warmup_epochs: float | None = None  # warmup in epochs (recipes), converted to steps; overrides warmup_steps
+    # warmup as a share of the cell's optimizer steps (0 <= f < 1): a recipe's 20 of 300 epochs stays 1/15 of a
+    # shorter run instead of a fifth of it; overrides warmup_steps and warmup_epochs
+    warmup_fraction: float | None = None
     layer_decay: float | None = None  # layer-wise lr decay (timm's param groups, e.g. 0.8 for ConvNeXt-B ft)
+
+
+@dataclass
+class BudgetConfig:
+    """A shorter run of the same recipe (pipeline.schedule.budget_length): ``epochs`` (of trainer.max_epochs) or
+    ``steps`` (optimizer steps, of the full run's), not both. Everything the recipe states as a length of the full
+    run is stretched to the budget: the cosine ends at the budget's last step, warmup keeps its share of the run
+    (warmup_epochs / warmup_steps scaled, warmup_fraction as is), a progressive-resizing ramp keeps its place, and
+    EMA adjust: torchvision sees the budget's epochs. The full length stays in the config, so the record says
+    "16 of 90 epochs"."""
+
+    epochs: int | None = None
+    steps: int | None = None
 
 
 @dataclass
@@ -117,6 +157,15 @@ class TrainerConfig:
     gradient_clip_val: float | None = None  # Lightning's gradient clipping; None = off
     gradient_clip_algorithm: str = "norm"  # norm | value
     accumulate_grad_batches: int = 1  # optimizer step every N batches (global batch x N)
+    # a finished cell keeps weights, result, metrics and evidence; its Lightning checkpoints (optimizer state:
+    # 3-4x the weights, terabytes over a catalog) are deleted unless this is true, which also tracks best.ckpt
+    keep_checkpoints: bool = False
+    # the optimizer's batch, whatever the GPU count: accumulate_grad_batches is then derived at run time as
+    # global_batch_size / (data.batch_size x devices x num_nodes), which must divide, so a cell trains at the same
+    # global batch (and, under lr_scaling linear, the same LR) on 1 GPU or 32; null = data.batch_size x devices x
+    # num_nodes x accumulate_grad_batches
+    global_batch_size: int | None = None
+    budget: BudgetConfig | None = None  # train a shorter budget of this recipe, its schedule stretched to it
 
 
 @dataclass
@@ -158,6 +207,9 @@ class TransferConfig:
     direction: str = "first"  # first = units 1..depth (AnB); last = units depth..L (reverse)
     mode: str = "frozen"  # frozen (AnB) | finetune (AnB+)
     init: str = "copy"  # copy | random (units keep the cell's own fresh init: the random-frozen control) | shuffle
+    # fresh = every layer not copied from the base is a new draw for this cell (Yosinski et al. re-draw them);
+    # paired = the reference base's own initial tensors (the cell's seed): cells of a seed share one init
+    reinit: str = "fresh"
     freeze: str = "kernel"  # kernel (the authors' protocol: depthwise kernels only) | kernel_and_bias
     mapping: MappingConfig | None = None  # cross-architecture policy; None = same arch, unit i <- unit i
 
@@ -245,8 +297,18 @@ def _hint_name(hint: Any) -> str:
     return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
+# Keys added after catalogs were planned, left out of the dict while unset: launch.sweep hashes a cell's resolved
+# config into its content id, so an unset new key must not change the id of every cell a store already holds.
+_OMITTED_WHEN_UNSET = (("data", "progressive"), ("trainer", "budget"))
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """A config as plain dicts (``from_dict`` reads it back), without the unset keys of _OMITTED_WHEN_UNSET."""
+    out = dataclasses.asdict(cfg)
+    for section, key in _OMITTED_WHEN_UNSET:
+        if isinstance(out.get(section), dict) and out[section].get(key, 0) is None:
+            del out[section][key]
+    return out
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -264,11 +326,20 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def load_cell_config(path: str | Path) -> CellConfig:
-    return from_dict(CellConfig, load_yaml(path) or {})
+    """A cell YAML -> its config. An empty file, a non-mapping or a mapping without keys is an error naming the
+    file: a config truncated mid-write on a network filesystem must not train the default cell."""
+    raw = load_yaml(path)
+    if raw is None or raw == {}:
+        raise UserError(f"cell config {path} is empty; write the cell's keys into it (or re-plan the sweep, "
+                        "whose configs it writes)")
+    if not isinstance(raw, dict):
+        raise UserError(f"cell config {path} must be a mapping of keys (run_dir, data, model, ...), got "
+                        f"{type(raw).__name__}; fix the file")
+    return from_dict(CellConfig, raw)
 
 
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: a 10,000-cell sweep writes its configs 10x faster
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: a 10,000-cell sweep writes configs 10x faster
 
 
 def dump_yaml(data: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.dump(data, Dumper=_Dumper, sort_keys=False))
+    Path(path).write_text(yaml.dump(data, Dumper=YAML_DUMPER, sort_keys=False))

@@ -13,24 +13,22 @@ import pytest
 import yaml
 
 from datamodules.errors import UserError
-from launch.adaptive import (
-    AdaptiveDepths,
-    AdaptiveSpec,
+from launch.core.plan import SweepPlan
+from launch.execution.rounds import run_rounds
+from launch.planning.adaptive import (
     adaptive_cost_lines,
     adaptive_status_lines,
     advance,
-    depth_grid,
     full_plan,
     load_state,
     plan_round,
-    run_rounds,
     save_state,
     sync_state,
-    worst_case_depths,
 )
-from launch.cost import estimate
-from launch.sweep import SweepPlan, plan_sweep
-from launch.sweep_schema import load_sweep, parse_sweep
+from launch.planning.cost import estimate
+from launch.planning.depths import AdaptiveDepths, AdaptiveSpec, depth_grid, worst_case_depths
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep, parse_sweep
 from pipeline.models.unit_counts import load_table
 
 SWEEP: dict[str, Any] = {
@@ -233,15 +231,15 @@ def test_adaptive_run_trains_a_subset_of_the_full_grid_with_equal_numbers(tmp_pa
     assert state is not None
     (group,) = state.groups.values()
     assert group.depths == [1, 3, 5] and group.status == "max_rounds", group  # |AnB(1) - AnB(5)| > 0 refines
-    from launch.sweep import load_manifest
+    from launch.core.plan import load_manifest
 
     adaptive = load_manifest(tmp_path / "adaptive")
     full = plan_sweep(load_sweep(full_yaml))
     assert {c.id for c in adaptive.cells} < {c.id for c in full.cells}
     assert len(adaptive.cells) == 2 + 3
 
-    from launch.executors import LocalExecutor
-    from launch.sweep import materialize_configs, write_plan
+    from launch.core.plan import materialize_configs, write_plan
+    from launch.execution.local import LocalExecutor
 
     write_plan(full)
     materialize_configs(full, full.cells)

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.adaptive import adaptive_status_lines, load_state, run_rounds
-from launch.slurm_executor import JobBook
-from launch.sweep import load_manifest
+from launch.core.plan import load_manifest
+from launch.execution.rounds import run_rounds
+from launch.execution.slurm.commands import JobBook
+from launch.planning.adaptive import adaptive_status_lines, load_state
 from pipeline.results.run_folder import read_result
 from tests.test_adaptive import TINY
 from tests.test_slurm import job_state, wait_for, write_profiles

@@ -21,7 +21,7 @@ FAULTS = """
 import gc, json, resource, sys
 entry = sys.argv[1]
 if entry == "worker":
-    from launch.bundle import Worker
+    from launch.worker.bundle import Worker
     Worker()
 from pipeline.training.allocator import tune_malloc
 applied = tune_malloc() if entry == "tuned" else None

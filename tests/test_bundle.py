@@ -1,6 +1,6 @@
 """Bundles: cells one after another in one worker process give exactly what each gives alone, a failing cell stays
 its own, each keeps its log, run folder, attempts and W&B run, and a SIGTERM keeps the finished cells and resumes
-the current one. Real fits on real Fashion-MNIST, real worker processes (``python -m launch.bundle``)."""
+the current one. Real fits on real Fashion-MNIST, real worker processes (``python -m launch.worker.bundle``)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def transfer_of(base: Path) -> dict[str, Any]:
 
 
 def bundle(*configs: Path, log_dir: Path, wait: bool = True) -> subprocess.Popen[bytes] | int:
-    cmd = [sys.executable, "-m", "launch.bundle", "--log-dir", str(log_dir), *map(str, configs)]
+    cmd = [sys.executable, "-m", "launch.worker.bundle", "--log-dir", str(log_dir), *map(str, configs)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     if not wait:
         return proc
@@ -119,9 +119,10 @@ def test_a_failing_cell_does_not_stop_its_bundle_and_every_cell_keeps_its_own_fi
         assert len(runs) == 1 and runs[0].name.endswith(run_id), "each cell has its own offline W&B run"
         assert [h["outcome"] for h in run_folder.read_attempts(run_dir)["history"]] == ["started", "finished"]
     bad_log = (logs / "bad.log").read_text()
-    assert "Traceback" in bad_log and "top-1" not in bad_log
-    attempts = run_folder.read_attempts(tmp_path / "bad")
-    assert attempts["failures"] == 1 and attempts["history"][-1]["outcome"] == "failed"
+    assert "Traceback" not in bad_log and "mkf: error: base weights" in bad_log and "top-1" not in bad_log
+    attempts = run_folder.read_attempts(tmp_path / "bad")  # bad input: not charged, the cell marked failed
+    assert attempts["failures"] == 0 and attempts["history"][-1]["outcome"] == "bad_input"
+    assert run_folder.read_failure(tmp_path / "bad") is not None
     assert run_folder.read_result(tmp_path / "bad") is None
 
 
@@ -159,8 +160,9 @@ def test_sigterm_keeps_finished_cells_and_the_next_run_resumes_the_current_one(
 
 def test_the_cost_table_decides_which_cells_share_a_worker(tmp_path: Path) -> None:
     from configs import config_path
-    from launch.executors import LocalExecutor, bundled
-    from launch.sweep import load_sweep, plan_sweep
+    from launch.execution.local import LocalExecutor, bundled
+    from launch.planning.planner import plan_sweep
+    from launch.planning.schema import load_sweep
 
     plan = plan_sweep(load_sweep(config_path("demo.yaml")))
     ids = {c.id for c in plan.cells}
@@ -181,8 +183,8 @@ def test_no_bundle_and_bundle_below_reach_the_executor_of_that_run_only(tmp_path
 
     from configs import config_path
     from launch.cli import main
-    from launch.executor_base import SweepOutcome
-    from launch.executors import LocalExecutor
+    from launch.execution.base import SweepOutcome
+    from launch.execution.local import LocalExecutor
 
     seen: list[tuple[bool, float]] = []
 

@@ -70,7 +70,7 @@ def test_twenty_cells_in_one_worker_keep_open_files_and_memory_flat(fashion_root
     tiny = {"max_train_samples": 256, "max_val_samples": 128}
     configs = [write_cell(tmp_path / f"c{i:02d}.yaml", tmp_path / f"c{i:02d}", seed=i, data=tiny,
                           model={"arch": "resnet_demo" if i % 2 else "convnext_demo"}) for i in range(20)]
-    proc = subprocess.run([sys.executable, "-m", "launch.bundle", "--log-dir", str(tmp_path / "logs"),
+    proc = subprocess.run([sys.executable, "-m", "launch.worker.bundle", "--log-dir", str(tmp_path / "logs"),
                            *map(str, configs)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stats = [(int(fds), float(rss)) for fds, rss in

@@ -37,7 +37,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from launch.sweep import load_sweep, plan_sweep
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
 from pipeline.config import CellConfig, from_dict
 from pipeline.training.classifier import ImageClassifier
 from pipeline.training.train import build_datamodule_for, validate_config

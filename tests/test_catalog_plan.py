@@ -1,4 +1,4 @@
-"""The catalog as one plan over a shared cell store (launch/catalog.py, launch/store.py): shared cells planned
+"""The catalog as one plan over a shared cell store (launch/planning/catalog.py, launch/store/claims.py): shared cells planned
 once, reused by the next sweep without training, two concurrent runs training each cell once, and planning the
 paper's whole catalog torch-free."""
 
@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from launch.catalog import plan_catalog, wandb_warnings
 from launch.cli import main
-from launch.sweep import load_manifest
+from launch.core.plan import load_manifest
+from launch.planning.catalog import plan_catalog, wandb_warnings
 from pipeline.training.train import read_result
 
 REPO = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_a_report_names_shared_cells_as_its_own_sweep_planned_them(tmp_path: Pat
     """A cell of the store was trained for the first sweep and carries its labels; the second sweep calls the same
     datasets by other role names (Fig. 3's ``manmade`` is reduced_sources' ``manmade_100``), and its report must
     use those, and only its own cells."""
-    from launch.catalog import parts, write_catalog
+    from launch.planning.catalog import parts, write_catalog
     from pipeline.results.tables import collect
 
     half = {key: value for key, value in SWEEP["data"].items()}
@@ -209,7 +209,8 @@ def test_a_report_names_shared_cells_as_its_own_sweep_planned_them(tmp_path: Pat
     assert {r["variant"] for r in rows} == {"AnB", "base-manmade_100", "base-natural"}
     assert transfer["relative_top1"] == 1.0  # its reference found by the second sweep's id
     # a catalog run's report job reports the catalog folder: every sweep gets its own tables, in its own names
-    assert main(["report", str(tmp_path / "results" / "catalog")]) == 0
+    # the cells are fabricated (no evidence.json): the audit fails them, the reports are written all the same
+    assert main(["report", str(tmp_path / "results" / "catalog")]) == 1
     for name, (source, target) in roles.items():
         table = (tmp_path / "results" / name / "results.csv").read_text()
         assert f",{source},{target}," in table.replace('"', "")

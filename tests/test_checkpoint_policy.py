@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from launch import slurm_runtime
+from launch.worker import slurm_task
 from pipeline.config import CellConfig
 from pipeline.training import resume
 from pipeline.training.train import resume_checkpoint, train_cell
@@ -112,7 +112,7 @@ def _count_rank(rank: int, world: int, port: int, cfg: CellConfig, out: str) -> 
     os.environ.update(MKF_PREEMPT_CHECK_STEPS="4", MKF_CHECKPOINT_EVERY_S="3600")
     counter = CollectiveCounter()
     counter.patch()
-    callbacks, plugins = slurm_runtime.slurm_extras(Path(cfg.run_dir))  # what `mkf train` uses inside Slurm
+    callbacks, plugins = slurm_task.slurm_extras(Path(cfg.run_dir))  # what `mkf train` uses inside Slurm
     try:
         train_cell(cfg, callbacks=[counter, *callbacks], plugins=[p for p in plugins if not isinstance(
             p, L.pytorch.plugins.environments.SLURMEnvironment)])
@@ -210,4 +210,4 @@ def test_periodic_checkpoint_is_the_last_ckpt_resume_reads(tmp_path: Path) -> No
     assert chosen is not None and chosen.name == "last.ckpt" and resume.checkpoint_step(chosen) == 10
     result = train_cell(cfg)
     assert result["resumed_from"] == "last.ckpt" and result["steps"] == 16
-    assert not [p for p in (tmp_path / "cell" / "checkpoints").iterdir() if p.name.startswith("last-v")]
+    assert not (tmp_path / "cell" / "checkpoints").exists(), "finished: its checkpoints are not kept"

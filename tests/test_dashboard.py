@@ -21,10 +21,11 @@ import pytest
 import yaml
 
 from configs import config_path
-from launch import dashboard as dash
 from launch.cli import main
-from launch.dashboard import REPORT_FIGURE_KEY, REPORT_RESULTS_KEY, report_table_keys
-from launch.sweep import load_sweep, plan_sweep
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
+from launch.views import dashboard as dash
+from launch.views.dashboard import REPORT_FIGURE_KEY, REPORT_RESULTS_KEY, report_table_keys
 from pipeline.models.unit_counts import unit_count
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,7 +338,7 @@ def test_every_panel_reads_a_key_that_the_trained_sweeps_runs_hold(tmp_path: Pat
     the runs' group, and the project theirs."""
     import wandb
 
-    from launch.sweep import materialize_configs
+    from launch.core.plan import materialize_configs
     from pipeline.config import load_cell_config
     from pipeline.training.train import train_cell
 

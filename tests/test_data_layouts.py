@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from launch.cli import main
+from tests.test_bad_input import assert_user_error
 
 
 def _jpeg(path: Path, seed: int) -> None:
@@ -39,13 +41,14 @@ def _check(index: dict, classes: list[str], train: dict[str, int], val: dict[str
     assert index["total_samples"] == sum(train.values()) + sum(val.values())
 
 
-def test_food101_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--source food101:ROOT` on the extracted archive: classes from images/, train/val from meta/*.txt."""
-    root = tmp_path / "food-101"
-    counts = {"apple_pie": (3, 1), "baby_back_ribs": (2, 2), "ramen": (1, 1)}
+FOOD = {"apple_pie": (3, 1), "baby_back_ribs": (2, 2), "ramen": (1, 1)}  # class: (train, test) images
+
+
+def _food101_tree(root: Path) -> Path:
+    """Food-101 as extracted: images/<class>/<id>.jpg, meta/{train,test}.txt of <class>/<id>, meta/classes.txt."""
     lines: dict[str, list[str]] = {"train": [], "test": []}
     seed = 0
-    for name, (n_train, n_test) in counts.items():
+    for name, (n_train, n_test) in FOOD.items():
         for i in range(n_train + n_test):
             seed += 1
             _jpeg(root / "images" / name / f"{1000 + i}.jpg", seed)
@@ -53,18 +56,41 @@ def test_food101_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     (root / "meta").mkdir()
     for part, rows in lines.items():
         (root / "meta" / f"{part}.txt").write_text("\n".join(rows) + "\n")
-    (root / "meta" / "classes.txt").write_text("\n".join(counts) + "\n")
+    (root / "meta" / "classes.txt").write_text("\n".join(FOOD) + "\n")
+    return root
+
+
+def test_food101_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--source food101:ROOT` on the extracted archive: classes from images/, train/val from meta/*.txt."""
+    root = _food101_tree(tmp_path / "food-101")
     index = _write_and_verify(f"food101:{root}", tmp_path / "out", capsys)
-    _check(index, list(counts), {c: n for c, (n, _) in counts.items()}, {c: n for c, (_, n) in counts.items()})
+    _check(index, list(FOOD), {c: n for c, (n, _) in FOOD.items()}, {c: n for c, (_, n) in FOOD.items()})
 
 
-def test_oxford_pets_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`--source oxford_pets:ROOT`: class names from file stems (breed_123), ids from annotations/*.txt."""
-    root = tmp_path / "oxford-iiit-pet"
-    breeds = {"Abyssinian": (2, 1), "american_bulldog": (1, 2), "Bengal": (3, 1)}  # class ids 1, 2, 3
+def test_food101_unknown_class_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A meta/test.txt line whose class has no images/<class> folder: one error line naming the file, the line
+    number and the class, with the fix -- not a KeyError traceback -- and no --out folder."""
+    root = _food101_tree(tmp_path / "food-101")
+    test_txt = root / "meta" / "test.txt"
+    with test_txt.open("a") as f:
+        f.write("no_such_class/123\n")
+    line_no = len(test_txt.read_text().splitlines())  # the appended line: 5
+    out = tmp_path / "out"
+    assert_user_error(capsys, ["data", "write", "--source", f"food101:{root}", "--out", str(out), "--workers", "1",
+                               "--no-progress"],
+                      f"{test_txt}:{line_no}:", "'no_such_class'", str(root / "images"),
+                      must_not_exist=out, untouched=root)
+
+
+PETS = {"Abyssinian": (2, 1), "american_bulldog": (1, 2), "Bengal": (3, 1), "yorkshire_terrier": (2, 2)}
+
+
+def _pets_tree(root: Path) -> Path:
+    """Oxford-IIIT Pets as extracted: images/<Breed>_<n>.jpg, annotations/{trainval,test}.txt with
+    ``<stem> <class id> <species> <breed id>`` rows; PETS in class-id order (1, 2, 3, 4)."""
     rows: dict[str, list[str]] = {"trainval": [], "test": []}
     seed = 0
-    for class_id, (breed, (n_train, n_test)) in enumerate(breeds.items(), 1):
+    for class_id, (breed, (n_train, n_test)) in enumerate(PETS.items(), 1):
         for i in range(n_train + n_test):
             seed += 1
             stem = f"{breed}_{100 + i}"
@@ -74,8 +100,61 @@ def test_oxford_pets_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     (root / "annotations").mkdir()
     for part, lines in rows.items():
         (root / "annotations" / f"{part}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _shard_labels(folder: Path, classes: list[str]) -> dict[str, str]:
+    """{sample key: the class name its stored label points at}, over every shard in ``folder``."""
+    named = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith(".cls"):
+                    file = tar.extractfile(member)
+                    assert file is not None
+                    named[member.name[:-len(".cls")]] = classes[int(file.read())]
+    return named
+
+
+def test_oxford_pets_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--source oxford_pets:ROOT`: class names from file stems (breed_123), ids from annotations/*.txt."""
+    root = _pets_tree(tmp_path / "oxford-iiit-pet")
     index = _write_and_verify(f"oxford_pets:{root}", tmp_path / "out", capsys)
-    _check(index, list(breeds), {b: n for b, (n, _) in breeds.items()}, {b: n for b, (_, n) in breeds.items()})
+    _check(index, list(PETS), {b: n for b, (n, _) in PETS.items()}, {b: n for b, (_, n) in PETS.items()})
+
+
+@pytest.mark.parametrize("missing", ["Abyssinian", "Bengal"])  # class id 1 (the first), class id 3 (a middle one)
+def test_oxford_pets_missing_class_id(tmp_path: Path, capsys: pytest.CaptureFixture[str], missing: str) -> None:
+    """Annotations without one class id (`sed -i '/^Abyssinian_/d' annotations/*.txt`): the remaining breeds get
+    contiguous labels that name their own images -- no name shifted by one, no class's images dropped."""
+    root = _pets_tree(tmp_path / "oxford-iiit-pet")
+    for txt in (root / "annotations").glob("*.txt"):
+        txt.write_text("".join(line for line in txt.read_text().splitlines(True) if not line.startswith(f"{missing}_")))
+    kept = {b: n for b, n in PETS.items() if b != missing}
+    out = tmp_path / "out"
+    index = _write_and_verify(f"oxford_pets:{root}", out, capsys)
+    _check(index, list(kept), {b: n for b, (n, _) in kept.items()}, {b: n for b, (_, n) in kept.items()})
+    assert index["skipped_count"] == 0
+    named = _shard_labels(out / "all", index["classes"])
+    assert len(named) == sum(a + b for a, b in kept.values())  # every listed image is in a shard
+    assert {key: key.rsplit("_", 1)[0] for key in named} == named  # and its label names its own breed
+
+
+@pytest.mark.parametrize("new_id, named", [("2", "'american_bulldog'"), ("5", "trainval.txt:")])
+def test_oxford_pets_inconsistent_class_id_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        new_id: str, named: str) -> None:
+    """A Bengal row (class id 3) given american_bulldog's id 2, or an unused id 5: one label could not name one
+    breed, so one error line naming the file, the line, the breed and the other side; no --out folder."""
+    root = _pets_tree(tmp_path / "oxford-iiit-pet")
+    test_txt = root / "annotations" / "test.txt"
+    lines = test_txt.read_text().splitlines()
+    n = next(i for i, line in enumerate(lines, 1) if line.startswith("Bengal_"))
+    lines[n - 1] = lines[n - 1].replace(" 3 1 3", f" {new_id} 1 3")
+    test_txt.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert_user_error(capsys, ["data", "write", "--source", f"oxford_pets:{root}", "--out", str(out),
+                               "--workers", "1", "--no-progress"],
+                      f"{test_txt}:{n}:", "'Bengal'", named, must_not_exist=out, untouched=root)
 
 
 def test_flowers102_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from datamodules import build_datamodule
-from launch import slurm_runtime
+from launch.worker import slurm_task
 from pipeline.config import CellConfig
 from pipeline.results import run_folder
 from pipeline.training.resume import Preempted, PreemptionHandler, checkpoint_step
@@ -28,11 +28,11 @@ from tests.test_checkpoint_policy import free_port, join_ranks, leave_ranks, two
 @pytest.fixture
 def own_signals() -> Iterator[None]:
     """Handlers are installed in this (pytest's) process: put pytest's back afterwards."""
-    saved = {s: signal.getsignal(s) for s in slurm_runtime.PREEMPTION_SIGNALS}
+    saved = {s: signal.getsignal(s) for s in slurm_task.PREEMPTION_SIGNALS}
     yield
     for s, h in saved.items():
         signal.signal(s, h)
-    slurm_runtime._early_signal.clear()
+    slurm_task._early_signal.clear()
 
 
 class _SignalSelf(L.Callback):
@@ -100,9 +100,9 @@ def test_term_checkpoints_at_the_next_step_and_is_left_to_slurm_to_requeue(tmp_p
 def test_signal_while_data_and_model_are_built_stops_before_the_first_step(tmp_path: Path,
                                                                            own_signals: None) -> None:
     """Slurm's TERM may come while the cell still imports and builds: recorded, not fatal, and a preemption."""
-    slurm_runtime.record_early_signals()
+    slurm_task.record_early_signals()
     os.kill(os.getpid(), signal.SIGTERM)  # before the handler exists: this process would die by default
-    callbacks, _ = slurm_runtime.slurm_extras(tmp_path / "cell")
+    callbacks, _ = slurm_task.slurm_extras(tmp_path / "cell")
     with pytest.raises(Preempted, match="stopped before training .* on SIGTERM"):
         train_cell(cell_config(tmp_path / "cell"), callbacks=callbacks)
     assert not (tmp_path / "cell" / "checkpoints" / "preempt.ckpt").exists()  # nothing trained: nothing to save
@@ -115,7 +115,7 @@ def test_loader_workers_survive_term_and_usr1(fashion_root: Path, tmp_path: Path
     dm = build_datamodule("fashion_mnist", split={"kind": "random_halves", "seed": 0}, half="A", batch_size=16,
                           max_train_samples=256, max_val_samples=64, num_workers=2)
     dm.setup()
-    handler = PreemptionHandler(tmp_path / "p.ckpt", signals=slurm_runtime.PREEMPTION_SIGNALS)
+    handler = PreemptionHandler(tmp_path / "p.ckpt", signals=slurm_task.PREEMPTION_SIGNALS)
     handler.install()
     handler._block()  # what its setup() does for the fit
     try:
@@ -142,13 +142,13 @@ def test_preemptions_never_count_failures_do(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("MKF_MAX_RESTARTS", "1")
     run = tmp_path / "cell"
     for _ in range(5):  # preempted five times: still allowed to run
-        assert slurm_runtime.begin_attempt(run) is None
+        assert slurm_task.begin_attempt(run) is None
         run_folder.record_attempt(run, "preempted", signal="SIGTERM")
-    assert slurm_runtime.begin_attempt(run) is None  # this attempt is then killed without a word ...
-    assert slurm_runtime.begin_attempt(run) is None  # ... and counted as failure 1 by the next one
+    assert slurm_task.begin_attempt(run) is None  # this attempt is then killed without a word ...
+    assert slurm_task.begin_attempt(run) is None  # ... and counted as failure 1 by the next one
     counts = run_folder.read_attempts(run)
     assert (counts["preemptions"], counts["failures"]) == (5, 1)
     run_folder.record_attempt(run, "failed", reason="RuntimeError: boom")
-    refusal = slurm_runtime.begin_attempt(run)  # 2 failures > max_restarts 1
+    refusal = slurm_task.begin_attempt(run)  # 2 failures > max_restarts 1
     assert refusal and "failed 2 times" in refusal
     assert run_folder.run_state(run) == "pending"  # the refusal is recorded by the caller (mark_failed)

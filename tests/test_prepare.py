@@ -1,4 +1,4 @@
-"""Data preparation as a stage (launch/prepare.py): a role's ``prepare:`` section becomes one write, checked
+"""Data preparation as a stage (launch/planning/prepare.py): a role's ``prepare:`` section becomes one write, checked
 before anything runs, skipped when complete with the same fingerprint, redone when the raw source changes.
 
 Real writes by the project's writer on a tiny class-folder dataset of PNGs (and a few Fashion-MNIST samples);
@@ -18,7 +18,8 @@ from PIL import Image
 
 from datamodules.errors import UserError
 from datamodules.shards.writer import read_index
-from launch.prepare import MARKER, PrepareSpec, parse_prepare, prepare_jobs, run_prepare_local
+from launch.execution.prepare_run import run_prepare_local
+from launch.planning.prepare import MARKER, PrepareSpec, parse_prepare, prepare_jobs
 
 
 def _class_folders(root: Path, classes: int = 3, per_class: int = 12) -> Path:

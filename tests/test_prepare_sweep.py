@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from launch.cli import main
-from launch.prepare import MARKER
-from launch.sweep import load_sweep
+from launch.planning.prepare import MARKER
+from launch.planning.schema import load_sweep
 from pipeline.results.run_folder import read_result
 
 pytestmark = pytest.mark.usefixtures("fashion_root")

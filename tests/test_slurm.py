@@ -27,8 +27,11 @@ import yaml
 from safetensors.torch import load_file
 
 from launch.cli import main
-from launch.slurm_executor import JobBook, cancel_sweep, query_jobs
-from launch.sweep import load_sweep, plan_sweep, write_plan
+from launch.core.plan import write_plan
+from launch.execution.slurm.commands import JobBook, query_jobs
+from launch.execution.slurm.executor import cancel_sweep
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
 from pipeline.results.run_folder import read_attempts, read_result
 from tests.conftest import REPO
 
@@ -300,7 +303,7 @@ def _rank_pid(job: str, rank: int) -> int | None:
             cmd = (proc / "cmdline").read_bytes().decode()
         except (OSError, UnicodeDecodeError):
             continue
-        if (("launch.cli" in cmd or "launch.bundle" in cmd) and env.get("SLURM_ARRAY_JOB_ID") == array and env.get("SLURM_ARRAY_TASK_ID") == task
+        if (("launch.cli" in cmd or "launch.worker.bundle" in cmd) and env.get("SLURM_ARRAY_JOB_ID") == array and env.get("SLURM_ARRAY_TASK_ID") == task
                 and env.get("SLURM_PROCID") == str(rank) and "SLURM_STEP_ID" in env):
             return int(proc.name)
     return None
@@ -403,7 +406,8 @@ def test_held_arrays_wait_for_their_base_tasks_and_a_stage_over_max_array_size_s
     """Submitted held (nothing trains), checked in squeue and scontrol, then cancelled: every transfer array
     waits for exactly the base tasks of its cells; a stage of > 1000 cells (MaxArraySize=1001, Slurm's
     default) becomes several arrays Slurm accepts."""
-    from launch.slurm_executor import SlurmExecutor, read_limits
+    from launch.execution.slurm.commands import read_limits
+    from launch.execution.slurm.executor import SlurmExecutor
 
     sweep, profiles = _big_stage(tmp_path)
     plan = plan_sweep(load_sweep(sweep))
@@ -457,7 +461,7 @@ def test_held_arrays_wait_for_their_base_tasks_and_a_stage_over_max_array_size_s
 def test_job_cap_submits_what_fits_and_a_rerun_tops_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A user capped at N queued jobs (profile max_submit_jobs when sacctmgr has no accounting): the first run
     submits N cells held, the rest are deferred; a re-run with room left submits the rest."""
-    from launch.slurm_executor import SlurmExecutor
+    from launch.execution.slurm.executor import SlurmExecutor
 
     sweep, profiles = _big_stage(tmp_path, max_submit_jobs=700)
     plan = plan_sweep(load_sweep(sweep))
@@ -497,8 +501,8 @@ def test_a_cell_another_sweeps_task_is_training_is_waited_for_not_submitted_agai
     """Two sweeps over one store, both submitted held to the test cluster. The first sweep's task for base A
     holds the cell's claim (as it would once it started): the second sweep submits no base A, and its AnB array
     waits (afterok) for the first sweep's task, as Slurm itself reports in scontrol."""
-    from launch.slurm_executor import SlurmExecutor
-    from launch.store import claim_path
+    from launch.execution.slurm.executor import SlurmExecutor
+    from launch.store.claims import claim_path
 
     profiles = write_profiles(tmp_path)
     store = str(tmp_path / "store")

@@ -1,7 +1,7 @@
 """Bundles on Slurm: cells estimated (configs/costs.yaml) shorter than the profile's ``task_length`` run K to one
 array task, K = floor(target / estimate), which also shrinks the arrays counted against MaxArraySize and
 MaxSubmitJobs. The fast tests use the real planner, cost table and a fake sbatch; the slow ones run bundles of 3
-tiny cells in one array task of the real test cluster, in one process (the bundle worker, launch/bundle.py): one
+tiny cells in one array task of the real test cluster, in one process (the bundle worker, launch/worker/bundle.py): one
 with a cell failing at train time, one preempted (``scontrol requeue``) while its 2nd cell trains.
 """
 
@@ -13,17 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from launch.slurm_executor import (
-    ClusterLimits,
-    JobBook,
-    SlurmExecutor,
-    cancel_sweep,
-    cell_seconds,
-    pack_bundles,
-    query_jobs,
-)
-from launch.slurm_profiles import parse_duration
-from launch.sweep import load_sweep, materialize_configs, plan_sweep, write_plan
+from launch.core.plan import materialize_configs, write_plan
+from launch.execution.slurm.commands import ClusterLimits, JobBook, query_jobs
+from launch.execution.slurm.executor import SlurmExecutor, cancel_sweep
+from launch.execution.slurm.script import cell_seconds, pack_bundles
+from launch.planning.planner import plan_sweep
+from launch.planning.profiles import parse_duration
+from launch.planning.schema import load_sweep
 from pipeline.results.run_folder import read_attempts, read_result
 from tests.test_slurm import job_state, release_requeued, wait_for, write_profiles, write_sweep
 from tests.test_slurm_deps import fake_slurm  # noqa: F401  (fixture)
@@ -111,12 +107,15 @@ def test_a_bundle_of_three_cells_runs_in_one_task_and_one_failure_stops_nothing(
         assert executor.sbatch_calls == 1 and {e["job_id"] for e in book.values()} == {book[bad.id]["job_id"]}
         task = book[bad.id]["job_id"]
         wait_for(lambda: job_state(task) in ("COMPLETED", "FAILED", "GONE"), 500, f"bundle task {task}")
-        assert job_state(task) == "FAILED"  # honest: one of its cells failed
+        # a bundle's task does not fail for one failed cell: FAILED would cancel (afterok) the dependants of
+        # the other bases in it; the failure is in the cell's own folder and log (asserted below)
+        assert job_state(task) == "COMPLETED"
     finally:
         cancel_sweep(plan)
     good = [c for c in plan.cells if c.id != bad.id]
     assert all(read_result(c.run_dir) for c in good), "a failed cell stopped its bundle"
-    assert read_result(bad.run_dir) is None and read_attempts(bad.run_dir)["failures"] == 1
+    assert read_result(bad.run_dir) is None and read_attempts(bad.run_dir)["failures"] == 0  # bad input: not charged
+    assert read_attempts(bad.run_dir)["history"][-1]["outcome"] == "bad_input"
     logs = {c.id: (plan.output_dir / "logs" / f"{c.id}.log").read_text() for c in plan.cells}
     assert "unknown split half 'C'" in logs[bad.id]
     for c in good:  # each log is its cell's own: its run dir, never another cell's

@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from launch.cli import main
-from launch.slurm_executor import ClusterLimits, JobBook, SlurmExecutor
-from launch.sweep import Cell, SweepPlan, load_sweep, plan_sweep, write_plan
+from launch.core.plan import Cell, SweepPlan, materialize_configs, write_plan
+from launch.execution.slurm.commands import ClusterLimits, JobBook
+from launch.execution.slurm.executor import SlurmExecutor
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
 from pipeline.results.run_folder import read_result
 from tests.test_slurm import cell_job, job_state, submit, wait_for, write_profiles, write_sweep
 
@@ -193,8 +196,11 @@ def test_a_failed_base_cancels_only_the_transfer_cells_that_need_it(tmp_path: Pa
                         datasets={"A": {"dataset": "image_folder", "root": str(tmp_path / "missing"), "split": None},
                                   "B": {"dataset": "fashion_mnist", "half": "B"}},
                         transfers=[{"source": "A", "target": "B"}])
-    submit(sweep, write_profiles(tmp_path))
+    # submitted past `sweep run`, whose plan-time checks refuse the missing root before anything is submitted
     plan = plan_sweep(load_sweep(sweep))
+    write_plan(plan)
+    materialize_configs(plan, plan.cells)
+    SlurmExecutor(profile="test", profiles_file=str(write_profiles(tmp_path))).run(plan, plan.cells)
     cells = {(c.stage, c.variant): c for c in plan.cells}
     base_a, base_b = cells["base", "base-A"], cells["base", "base-B"]
     anb, bnb = cells["transfer", "AnB"], cells["transfer", "BnB"]
@@ -243,7 +249,7 @@ def test_a_cell_another_sweeps_job_is_training_is_left_to_that_job_and_waited_fo
     """A shared store: another sweep's array task 777_3 holds seed 0's base A (its claim names the job). This
     sweep does not submit that base again (it would hold an allocation while it waits inside run_once); its
     transfer cells wait for 777_3 instead. A claim whose job Slurm no longer knows is no reason to wait."""
-    from launch.store import claim_path
+    from launch.store.claims import claim_path
 
     plan = plan_sweep(load_sweep(_two_seed_sweep(tmp_path)))
     write_plan(plan)

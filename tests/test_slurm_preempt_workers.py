@@ -23,7 +23,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from launch.sweep import load_sweep, plan_sweep
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
 from pipeline.results.run_folder import read_attempts, read_result
 from tests.conftest import REPO
 from tests.test_slurm import (

@@ -6,7 +6,7 @@ read before anything runs, then released: the prepare job runs before base B (an
 it), base C fails, and the report job (afterany) still draws every other cell. A second submission finds the
 write complete and submits no prepare job.
 
-The sweep schema (launch/sweep_schema.py) is not yet wired to ``prepare:``, so the write is given to the
+The sweep schema (launch/planning/schema.py) is not yet wired to ``prepare:``, so the write is given to the
 executor the way `mkf sweep run` will: ``prepare_jobs`` over the role sections.
 """
 
@@ -18,10 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from launch.prepare import MARKER, prepare_jobs
-from launch.report import report_state
-from launch.slurm_executor import JobBook, SlurmExecutor, StageBook, cancel_sweep, query_plain_jobs
-from launch.sweep import load_sweep, materialize_configs, plan_sweep, write_plan
+from launch.core.plan import materialize_configs, write_plan
+from launch.execution.slurm.commands import JobBook, StageBook, query_plain_jobs
+from launch.execution.slurm.executor import SlurmExecutor, cancel_sweep
+from launch.planning.planner import plan_sweep
+from launch.planning.prepare import MARKER, prepare_jobs
+from launch.planning.schema import load_sweep
+from launch.views.report import report_state
 from pipeline.results.run_folder import read_attempts, read_result
 from tests.test_slurm import job_state, wait_for, write_profiles, write_sweep
 
@@ -87,7 +90,8 @@ def test_prepare_precedes_its_bases_and_the_report_draws_around_a_failed_cell(tm
     assert started_b["outcome"] == "started" and marker["time"] < started_b["time"]
     assert marker["job"] == prep
     # base C failed at train time, its transfer was never run; everything else finished and was drawn
-    assert read_result(base_c.run_dir) is None and read_attempts(base_c.run_dir)["failures"] >= 1
+    assert read_result(base_c.run_dir) is None and read_attempts(base_c.run_dir)["failures"] == 0  # bad input
+    assert read_attempts(base_c.run_dir)["history"][-1]["outcome"] == "bad_input"
     assert job_state(book[base_c.id]["job_id"]) == "FAILED"
     finished = {c.id for c in plan.cells if read_result(c.run_dir)}
     assert finished == {base_a.id, base_b.id, anb_a.id}

@@ -1,4 +1,4 @@
-"""Cell claims of the shared store (launch/store.py) with real processes: a live claim blocks, a dead one is taken
+"""Cell claims of the shared store (launch/store/claims.py) with real processes: a live claim blocks, a dead one is taken
 over, a Slurm job Slurm no longer knows is stale (and "cannot tell" keeps the claim), racing takers -> one winner."""
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from launch import store
+from launch.core.exits import EX_TEMPFAIL
+from launch.store import claims
+from launch.worker.lifecycle import run_once
 
 
 def holder_of(proc: subprocess.Popen[bytes] | None = None, **extra: object) -> dict[str, object]:
     """A claim record for another process of this host (a real one: ``proc``)."""
     pid = proc.pid if proc is not None else 0
-    return {"host": socket.gethostname(), "pid": pid, "start": store._proc_start(pid) if proc else None,
+    return {"host": socket.gethostname(), "pid": pid, "start": claims._proc_start(pid) if proc else None,
             "job": None, "task": None, "time": time.time(), "token": f"tok-{pid}", **extra}
 
 
 def write_claim(run_dir: Path, holder: dict[str, object]) -> None:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    store.claim_path(run_dir).write_text(json.dumps(holder))
+    claims.claim_path(run_dir).write_text(json.dumps(holder))
 
 
 @pytest.fixture
@@ -41,17 +43,17 @@ def sleeper() -> subprocess.Popen[bytes]:
 def test_claim_is_exclusive_and_released_only_by_its_holder(tmp_path: Path,
                                                             sleeper: subprocess.Popen[bytes]) -> None:
     run_dir = tmp_path / "store" / "abc123"
-    mine = store.claim(run_dir)
-    assert mine is not None and store.claim_holder(run_dir)["pid"] == os.getpid()
-    assert store.claim(run_dir) is not None  # this very process again: re-entrant, same token
-    assert store.claim_holder(run_dir)["token"] == mine.holder["token"]
-    store.release(mine)
-    assert store.claim_holder(run_dir) is None
+    mine = claims.claim(run_dir)
+    assert mine is not None and claims.claim_holder(run_dir)["pid"] == os.getpid()
+    assert claims.claim(run_dir) is not None  # this very process again: re-entrant, same token
+    assert claims.claim_holder(run_dir)["token"] == mine.holder["token"]
+    claims.release(mine)
+    assert claims.claim_holder(run_dir) is None
 
     write_claim(run_dir, holder_of(sleeper))  # a live process of this host holds it
-    assert store.claim(run_dir) is None
-    store.release(mine)  # not ours any more: left alone
-    assert store.claim_holder(run_dir)["pid"] == sleeper.pid
+    assert claims.claim(run_dir) is None
+    claims.release(mine)  # not ours any more: left alone
+    assert claims.claim_holder(run_dir)["pid"] == sleeper.pid
 
 
 def test_a_claim_whose_process_is_gone_is_taken_over(tmp_path: Path) -> None:
@@ -59,16 +61,16 @@ def test_a_claim_whose_process_is_gone_is_taken_over(tmp_path: Path) -> None:
     dead.wait()
     run_dir = tmp_path / "store" / "abc123"
     write_claim(run_dir, holder_of(dead))
-    assert store.holder_alive(store.claim_holder(run_dir)) is False
-    got = store.claim(run_dir)
-    assert got is not None and store.claim_holder(run_dir)["token"] == got.holder["token"]
+    assert claims.holder_alive(claims.claim_holder(run_dir)) is False
+    got = claims.claim(run_dir)
+    assert got is not None and claims.claim_holder(run_dir)["token"] == got.holder["token"]
     assert not list(run_dir.parent.glob("*.takeover-*")), "the takeover marker is removed"
 
 
 def test_a_reused_pid_is_not_the_claimer(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
     run_dir = tmp_path / "store" / "abc123"
     write_claim(run_dir, holder_of(sleeper, start="1"))  # same pid, another start time: the claimer is gone
-    assert store.claim(run_dir) is not None
+    assert claims.claim(run_dir) is not None
 
 
 def fake_squeue(folder: Path, known_jobs: list[str]) -> Path:
@@ -90,15 +92,15 @@ def test_slurm_claims_stale_when_squeue_no_longer_knows_the_job(tmp_path: Path,
     # no squeue on this machine (or one that cannot reach a controller): cannot tell -> the claim is kept
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     write_claim(run_dir, {**other, "job": "999999", "task": "3", "token": "t1"})
-    assert store.holder_alive(store.claim_holder(run_dir)) is None
-    assert store.claim(run_dir) is None
+    assert claims.holder_alive(claims.claim_holder(run_dir)) is None
+    assert claims.claim(run_dir) is None
     # Slurm still runs array task 777_3: kept; job 999999 is gone: taken over
     monkeypatch.setenv("PATH", f"{fake_squeue(tmp_path / 'bin', ['777_3'])}:/usr/bin:/bin")
     write_claim(run_dir, {**other, "job": "777", "task": "3", "token": "t2"})
-    assert store.claim(run_dir) is None
+    assert claims.claim(run_dir) is None
     write_claim(run_dir, {**other, "job": "999999", "task": "3", "token": "t3"})
-    got = store.claim(run_dir)
-    assert got is not None and store.claim_holder(run_dir)["token"] == got.holder["token"]
+    got = claims.claim(run_dir)
+    assert got is not None and claims.claim_holder(run_dir)["token"] == got.holder["token"]
 
 
 def test_the_same_slurm_job_requeued_reclaims_its_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,13 +108,13 @@ def test_the_same_slurm_job_requeued_reclaims_its_cell(tmp_path: Path, monkeypat
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "555")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
     write_claim(run_dir, {"host": "gpu-node-1", "pid": 1, "job": "555", "task": "7", "time": 0, "token": "old"})
-    got = store.claim(run_dir)  # the requeued job (new host, new pid) is the same claimer
-    assert got is not None and store.claim_holder(run_dir)["host"] == socket.gethostname()
+    got = claims.claim(run_dir)  # the requeued job (new host, new pid) is the same claimer
+    assert got is not None and claims.claim_holder(run_dir)["host"] == socket.gethostname()
 
 
 def _race(run_dir: str, barrier: multiprocessing.synchronize.Barrier, wins: multiprocessing.Queue) -> None:
     barrier.wait()
-    got = store.claim(run_dir)
+    got = claims.claim(run_dir)
     wins.put((os.getpid(), got.holder["token"] if got else None))
 
 
@@ -132,7 +134,7 @@ def test_racing_takers_of_one_stale_claim_have_one_winner(tmp_path: Path) -> Non
             p.join(30)
         winners = [tok for _, tok in results if tok]
         assert len(winners) == 1, results
-        assert store.claim_holder(run_dir)["token"] == winners[0]
+        assert claims.claim_holder(run_dir)["token"] == winners[0]
 
 
 def finish(run_dir: Path) -> None:
@@ -149,7 +151,7 @@ def test_run_once_skips_finished_waits_for_a_live_holder_and_trains_otherwise(
     said: list[str] = []
 
     def train() -> int:
-        assert store.claim_holder(run_dir)["pid"] == os.getpid(), "trains with the claim held"
+        assert claims.claim_holder(run_dir)["pid"] == os.getpid(), "trains with the claim held"
         finish(run_dir)
         trained.append("x")
         return 0
@@ -157,23 +159,23 @@ def test_run_once_skips_finished_waits_for_a_live_holder_and_trains_otherwise(
     # another live process trains it: wait (no training here), return 0 once its result appears
     write_claim(run_dir, holder_of(sleeper))
     threading.Timer(1.0, finish, [run_dir]).start()
-    assert store.run_once(config, train, poll_s=0.1, say=said.append) == 0
+    assert run_once(config, train, poll_s=0.1, say=said.append) == 0
     assert trained == [] and "being trained by pid" in said[0] and "finished by another sweep" in said[-1]
     # finished: nothing to do, nothing claimed
-    assert store.run_once(config, train, say=said.append) == 0 and trained == []
+    assert run_once(config, train, say=said.append) == 0 and trained == []
     # the holder gives up without finishing: a timeout says so; once its claim is gone, we train
     (run_dir / "result.json").unlink()
-    assert store.run_once(config, train, poll_s=0.1, timeout_s=0.3, say=said.append) == store.EX_TEMPFAIL
+    assert run_once(config, train, poll_s=0.1, wait_s=0.3, say=said.append) == EX_TEMPFAIL
     assert "gave up after" in said[-1] and trained == []
-    store.claim_path(run_dir).unlink()
-    assert store.run_once(config, train, poll_s=0.1, say=said.append) == 0
-    assert trained == ["x"] and store.claim_holder(run_dir) is None, "released after training"
+    claims.claim_path(run_dir).unlink()
+    assert run_once(config, train, poll_s=0.1, say=said.append) == 0
+    assert trained == ["x"] and claims.claim_holder(run_dir) is None, "released after training"
 
 
 CHILD_RANK = """
 import sys
-from launch import store
-sys.exit(store.run_once(sys.argv[1], lambda: 7, poll_s=0.1, timeout_s=2.0))
+from launch.worker.lifecycle import run_once
+sys.exit(run_once(sys.argv[1], lambda: 7, poll_s=0.1, wait_s=2.0))
 """
 
 
@@ -184,7 +186,7 @@ def test_a_rank_started_by_the_claims_holder_trains_under_it_and_a_stranger_wait
     config = tmp_path / "cell.yaml"
     run_dir = tmp_path / "store" / "abc123"
     config.write_text(f"run_dir: {run_dir}\n")
-    held = store.claim(run_dir)  # this process is rank 0
+    held = claims.claim(run_dir)  # this process is rank 0
     assert held is not None
     try:
         child = subprocess.run([sys.executable, "-c", CHILD_RANK, str(config)], cwd=Path(__file__).parents[1],
@@ -193,7 +195,7 @@ def test_a_rank_started_by_the_claims_holder_trains_under_it_and_a_stranger_wait
         # a stranger: started by another process (here: a shell that this process did not start as the rank)
         stranger = subprocess.run(["sh", "-c", f'"{sys.executable}" -c \'{CHILD_RANK}\' "{config}"; exit $?'],
                                   cwd=Path(__file__).parents[1], timeout=60)
-        assert stranger.returncode == store.EX_TEMPFAIL, "a process the holder did not start trained a claimed cell"
-        assert store.claim_holder(run_dir)["pid"] == os.getpid(), "the child's run left rank 0's claim alone"
+        assert stranger.returncode == EX_TEMPFAIL, "a process the holder did not start trained a claimed cell"
+        assert claims.claim_holder(run_dir)["pid"] == os.getpid(), "the child's run left rank 0's claim alone"
     finally:
-        store.release(held)
+        claims.release(held)

@@ -14,9 +14,11 @@ import pytest
 import yaml
 
 from launch.cli import main
-from launch.cost import estimate, load_costs
-from launch.sweep import load_manifest, load_sweep, materialize_configs, plan_sweep
-from launch.variants import VARIANTS
+from launch.core.plan import load_manifest, materialize_configs
+from launch.core.variants import VARIANTS
+from launch.planning.cost import estimate, load_costs
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
 from pipeline.models.unit_counts import CATALOG_ARCHS, generate_table, load_table
 from pipeline.training.train import read_result
 
@@ -140,7 +142,7 @@ def test_datasets_by_role_external_sources_and_cross_arch(tmp_path: Path) -> Non
      "unknown key archs.0.unit_knd; valid keys here: arch, unit_kind, source_arch, mapping"),
     ({"archs": [{"arch": "convnext_demo", "unit_kind": "depthwize"}]}, "archs.0.unit_kind = 'depthwize'"),
     ({"kind": "heatmap"}, "kind = 'heatmap' is not valid"),
-    ({"depths": "some"}, "depths = 'some' is not valid; use 'all' or a list of int"),
+    ({"depths": "some"}, "depths = 'some' is not valid; use 'all' or 'sample' or a list of int"),
     ({"variants": ["AnB", "CnB"]}, "unknown variant 'CnB'"),
     ({"stages": {"final": {}}}, "unknown key stages.final; valid keys here: base, transfer"),
     ({"datasets": {"A": {"dataset": "fashion_mnist"}}, "transfers": [{"source": "X", "target": "A"}]},
@@ -186,8 +188,9 @@ def test_cost_names_what_the_table_lacks(tmp_path: Path, capsys: pytest.CaptureF
     assert est.cells == {"base": 4, "transfer": 8}
     assert est.unknown == {"arch convnext_atto (throughput.a100)": 6}
     table = load_costs()
-    rate = table["throughput"]["a100"]["convnext_demo"]
-    # convnext_demo at 32 px: 512 images (max_train_samples) x 1 epoch, scaled by (32 / 224)^2, per stage
+    rate = table["throughput"]["a100"]["convnext_demo"]["train"]
+    # convnext_demo at 32 px: 512 images (max_train_samples) x 1 epoch, scaled by (32 / 224)^2 (the table's k = 2),
+    # per stage; the table has no validation rate for the demo arch
     per_cell = 512 * (32 / 224) ** 2 / rate / 3600
     assert est.gpu_hours["base"] == pytest.approx(2 * per_cell) and est.gpu_hours["transfer"] == pytest.approx(4 * per_cell)
     assert any("convnext_atto" in line and "not in configs/costs.yaml; add it" in line for line in est.lines())
@@ -221,8 +224,9 @@ errors = importlib.util.module_from_spec(spec)
 sys.modules["datamodules.errors"] = errors
 spec.loader.exec_module(errors)
 sys.meta_path.insert(0, Block())
-from launch.cost import estimate
-from launch.sweep import load_sweep, plan_sweep
+from launch.planning.cost import estimate
+from launch.planning.schema import load_sweep
+from launch.planning.planner import plan_sweep
 plan = plan_sweep(load_sweep(sys.argv[1]))
 print(len(plan.cells), estimate(plan).lines()[-1])
 """
@@ -246,7 +250,8 @@ def test_unit_count_table_equals_the_layer_plans() -> None:
 
 @pytest.mark.usefixtures("fashion_root")
 def test_run_skip_resume_status_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = write_sweep(tmp_path)
+    # checkpoints kept (trainer.keep_checkpoints): the resume below needs one of a finished cell
+    sweep = write_sweep(tmp_path, train={"trainer": {**SWEEP["train"]["trainer"], "keep_checkpoints": True}})
     out = tmp_path / "out"
     assert main(["sweep", "run", str(sweep), "--slots", "2", "--no-progress"]) == 0
     plan = plan_sweep(load_sweep(sweep))
@@ -326,7 +331,7 @@ def test_wandb_groups_cells_logs_the_figure_and_syncs_offline_runs(tmp_path: Pat
     class Done:
         returncode = 0
 
-    monkeypatch.setattr("launch.wandb_sync.subprocess.run", lambda cmd, **kw: calls.append(cmd) or Done())
+    monkeypatch.setattr("launch.views.wandb_sync.subprocess.run", lambda cmd, **kw: calls.append(cmd) or Done())
     assert main(["sweep", "sync", str(out)]) == 0
     (cmd,) = calls
     assert cmd[1:4] == ["-m", "wandb", "sync"] and len(cmd[4:]) == 4  # 3 cells + the report

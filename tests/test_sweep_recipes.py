@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from launch.cli import main
-from launch.sweep import load_sweep, plan_sweep
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
 
 SWEEP: dict[str, Any] = {
     "name": "recipes",
@@ -56,7 +57,7 @@ def test_shipped_recipe_sits_under_the_sweeps_train_and_stages(tmp_path: Path) -
         assert config["model"]["ema"] == published["model"]["ema"]
         assert config["trainer"]["max_epochs"] == 2, "the sweep's train beats the recipe"
     assert all(c["optim"]["lr"] == 1e-3 and c["trainer"]["max_epochs"] == 2 for c in transfers), "stages win"
-    assert all(c["optim"]["warmup_epochs"] == 20 and c["augment"]["mixup"] == 0.8 for c in transfers)
+    assert all(c["optim"]["warmup_fraction"] == 0.0667 and c["augment"]["mixup"] == 0.8 for c in transfers)
 
 
 def test_archs_with_different_recipes_get_their_own_templates_and_ids(tmp_path: Path) -> None:

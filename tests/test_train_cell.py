@@ -25,9 +25,12 @@ REPO = Path(__file__).resolve().parents[1]
 def test_run_directory_has_everything_a_user_needs(tmp_path: Path) -> None:
     run = tmp_path / "cell"
     result = train_cell(cell_config(run))
-    for name in ("config.yaml", "split.json", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
-                 "weights.safetensors", "result.json"):
+    for name in ("config.yaml", "split.json", "metrics.csv", "weights.safetensors", "result.json", "evidence.json"):
         assert (run / name).is_file(), name
+    assert not (run / "checkpoints").exists(), "a finished cell keeps no optimizer checkpoints by default"
+    kept = tmp_path / "kept"
+    train_cell(cell_config(kept, trainer={"keep_checkpoints": True}))
+    assert (kept / "checkpoints" / "last.ckpt").is_file() and (kept / "checkpoints" / "best.ckpt").is_file()
     saved = json.loads((run / "result.json").read_text())
     assert saved == result
     assert 0.0 <= result["top1"] <= 1.0 and result["top1"] > 0.4, "5-class Fashion-MNIST should beat chance"
@@ -81,6 +84,13 @@ def test_killed_cell_resumes_mid_epoch_and_ends_like_an_uninterrupted_run(tmp_pa
     for key, value in reference.items():
         assert torch.equal(value, resumed_weights[key]), f"{key} differs from the uninterrupted run"
     assert result["top1"] == read_result(tmp_path / "reference")["top1"]  # type: ignore[index]
+    # the killed attempt kept its cost up to a checkpoint (written as each checkpoint is): both attempts add up
+    # to every batch of the run; the killed one's batches after its record (at most one checkpoint interval,
+    # spent and lost) are the only ones that can be counted twice
+    attempts = json.loads((run / "cost.json").read_text())["attempts"]
+    assert [a["status"] for a in attempts] == ["running", "finished"]  # killed: it never said how it ended
+    assert result["cost"]["attempts"] == 2
+    assert 96 * 64 <= result["cost"]["train_images"] <= (96 + 5) * 64
 
 
 def test_wandb_offline_run_never_stores_the_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,8 +203,8 @@ def test_a_run_resumes_after_toggling_compile(tmp_path: Path, monkeypatch: pytes
     # TorchDynamo's tracing and guards without inductor's code generation (minutes on this CPU)
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: original(self, backend="eager"))
     run = tmp_path / "cell"
-    train_cell(cell_config(run, trainer={"max_epochs": 1}))
-    (run / "result.json").unlink()  # pretend the cell was stopped after epoch 1 of 2
+    train_cell(cell_config(run, trainer={"max_epochs": 1, "keep_checkpoints": True}))
+    (run / "result.json").unlink()  # pretend the cell was stopped after epoch 1 of 2 (its last.ckpt kept)
     result = train_cell(cell_config(run, model={"arch": "convnext_demo", "compile": True},
                                     trainer={"max_epochs": 2}))
     assert result["resumed"] is True and result["steps"] == 16

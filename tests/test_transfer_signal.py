@@ -13,7 +13,9 @@ import torch
 import yaml
 
 from launch.cli import main
-from launch.sweep import load_sweep, plan_sweep, write_plan
+from launch.core.plan import write_plan
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import load_sweep
 from pipeline.models.layer_plan import plan_units
 from pipeline.models.zoo import create_model
 from pipeline.results.tables import SILENT_BELOW, SILENT_NOTE
@@ -31,14 +33,15 @@ SWEEP: dict[str, Any] = {
 
 
 def run_sweep(tmp_path: Path, optim: dict[str, Any], epochs: int,
-              archs: list[dict[str, str]] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+              archs: list[dict[str, str]] | None = None, reinit: str = "fresh") -> tuple[Path, list[dict[str, Any]]]:
     """Plan the sweep as `mkf sweep plan` does and train its cells in plan order with the project's train_cell
     (in-process: one subprocess per cell costs more than the cells on a shared CPU)."""
     from pipeline.config import CellConfig, from_dict
     from pipeline.training.train import train_cell
 
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({**SWEEP, "archs": archs or SWEEP["archs"], "output_dir": str(tmp_path / "out"), "train": {
+    path.write_text(yaml.safe_dump({**SWEEP, "archs": archs or SWEEP["archs"], "output_dir": str(tmp_path / "out"),
+                                    "reinit": reinit, "train": {
         "optim": optim, "trainer": {"max_epochs": epochs, "progress_bar": False, "accelerator": "cpu", "devices": 1}}}))
     plan = plan_sweep(load_sweep(path))
     write_plan(plan)
@@ -72,8 +75,8 @@ def test_report_marks_variants_that_silent_units_cannot_tell_apart(tmp_path: Pat
     """Silent: convnext_demo at lr 1e-7 leaves every layer scale at 1e-6. Trains: resnet_demo's block units (no
     layer scale) at lr 4e-3. (convnext_demo at lr 4e-3 for 48 steps was silent too -- layer scales 0.006-0.008,
     logits moved 0.06% when its units were randomised, AnB and random-frozen both 0.8125 -- and marked, rightly.)"""
-    if case == "silent":
-        out, results = run_sweep(tmp_path, {"lr": 1e-7, "warmup_steps": 2}, 1)
+    if case == "silent":  # paired: at lr 1e-7 nothing trains, so fresh draws of the other layers would differ
+        out, results = run_sweep(tmp_path, {"lr": 1e-7, "warmup_steps": 2}, 1, reinit="paired")
     else:
         out, results = run_sweep(tmp_path, {"lr": 4e-3, "warmup_steps": 2}, 1,
                                  [{"arch": "resnet_demo", "unit_kind": "block"}])

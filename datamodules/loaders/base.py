@@ -61,6 +61,8 @@ class SplitDataModule(L.LightningDataModule):
     """A LightningDataModule restricted to one half of a :class:`ClassSplit`, labels remapped to 0..k-1."""
 
     seed_per_sample = False  # per-image augmentation in loader workers: seed it per sample (see SeededSamples)
+    # FFCV-style progressive resizing (datamodules.progressive): loaders that crop each epoch at its own resolution
+    progressive_supported = False
 
     def __init__(
         self,
@@ -86,9 +88,20 @@ class SplitDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.train_set: Dataset | None = None
+        self.full_train_samples: int | None = None  # set by setup(): the training set without data.subset
         # restored from a checkpoint by pipeline.training.resume.DataPosition, read by the training sampler
         self.position = ResumePosition()
         self.val_set: Dataset | None = None
+        self.progressive: dict[str, Any] | None = None  # set_progressive(); None = one training resolution
+
+    def set_progressive(self, spec: dict[str, Any] | None) -> None:
+        """Ramp the training resolution per epoch (``data.progressive``, already stretched to a budget), or a
+        one-line UserError for a loader that cannot."""
+        if spec is not None and not self.progressive_supported:
+            raise UserError(f"data.progressive is not supported by {type(self).__name__} (its crop size is fixed "
+                            "when its workers start); use loader wds or an in-memory dataset, or remove "
+                            "data.progressive")
+        self.progressive = spec
 
     @property
     def num_classes(self) -> int:
@@ -103,6 +116,11 @@ class SplitDataModule(L.LightningDataModule):
             "train_samples": len(self.train_set) if self.train_set is not None else None,
             "val_samples": len(self.val_set) if self.val_set is not None else None,
         }
+
+    def data_sources(self) -> dict[str, list[str]]:
+        """Where the training and the validation samples are read from (files, folders, shards): the protocol
+        audit checks that no validation source is ever a training source. Subclasses name their own."""
+        return {}
 
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:

@@ -43,7 +43,7 @@ from datamodules.loaders.augment import AugmentSpec, normalize_batch
 from datamodules.loaders.base import SplitDataModule
 from datamodules.loaders.samplers import ResumePosition, check_trainable, epoch_permutation, rank_share
 from datamodules.shards.writer import read_index
-from datamodules.sources.subsets import cap_indices, subset_train_indices
+from datamodules.sources.subsets import cap_indices, reference_train_count, subset_train_indices
 
 
 def require_ffcv() -> None:
@@ -346,6 +346,7 @@ class FFCVDataModule(SplitDataModule):
             index = np.flatnonzero(np.isin(labels, list(self.label_map)))
             # the same selection, in the same order, as the folder and in-memory loaders (datamodules.sources.subsets)
             if part == "train":
+                self.full_train_samples = reference_train_count(len(index), self.max_train_samples)
                 index = index[subset_train_indices(labels[index], self.subset, self.max_train_samples, self.seed)]
             else:
                 index = index[cap_indices(labels[index], self.max_val_samples, self.seed)]
@@ -420,6 +421,9 @@ class FFCVDataModule(SplitDataModule):
 
     def val_dataloader(self) -> Any:  # type: ignore[override]
         return self._make(train=False)
+
+    def data_sources(self) -> dict[str, list[str]]:
+        return {part: [str(self._file(part))] for part in ("train", "val")}
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch

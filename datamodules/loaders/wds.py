@@ -68,7 +68,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +89,10 @@ from datamodules.loaders.augment import (
 from datamodules.loaders.base import SplitDataModule
 from datamodules.loaders.samplers import ResumePosition
 from datamodules.loaders.workers import ignore_preemption_signals
+from datamodules.progressive import progressive_resolution
 from datamodules.shards.tar import IMAGE_KEYS, read_samples
 from datamodules.shards.writer import read_index
-from datamodules.sources.subsets import cap_indices, subset_train_indices
+from datamodules.sources.subsets import cap_indices, reference_train_count, subset_train_indices
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,8 @@ class ShardStream(IterableDataset):
         self.with_ids = with_ids
         self.epoch, self.rank, self.world = 0, 0, 1
         self.skip_batches = 0  # this rank's batches of the epoch already trained on (a mid-epoch resume)
+        self.progressive: dict[str, Any] | None = None  # train: each epoch's crop size (datamodules.progressive)
+        self.final_resolution = spec.train_resolution
         self.kept, self.bad = self._kept_samples(subset, max_samples)
         self.total = sum(len(k) for k in self.kept)
 
@@ -218,11 +221,13 @@ class ShardStream(IterableDataset):
                                 "index predates; re-index the shards (`mkf data index --train ... --val ... "
                                 "--out DIR`, or `mkf data write` into a new --out)")
             empty = np.zeros(0, dtype=np.int64)
+            self.full_total = sum(s.samples for s in self.shards)
             return [np.arange(s.samples, dtype=np.int64) for s in self.shards], [empty] * len(self.shards)
         labels = [s.labels for s in self.shards]  # type: ignore[misc]
         flat = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum([len(lab) for lab in labels])]).astype(np.int64)
         position = np.flatnonzero(np.isin(flat, list(self.label_map)))  # global order: index order, tar order
+        self.full_total = reference_train_count(len(position), max_samples) if self.train else len(position)
         if subset or max_samples is not None:
             if self.train:
                 position = position[subset_train_indices(flat[position], subset, max_samples, self.seed)]
@@ -233,8 +238,13 @@ class ShardStream(IterableDataset):
         return kept, [np.flatnonzero(lab < 0) for lab in labels]
 
     def set_context(self, epoch: int, rank: int, world: int, skip_batches: int = 0) -> None:
-        """Called in the main process before workers start, so each worker sees this epoch's plan."""
+        """Called in the main process before workers start, so each worker sees this epoch's plan (and, under
+        progressive resizing, this epoch's crop size: workers are started per epoch, never persistent)."""
         self.epoch, self.rank, self.world, self.skip_batches = epoch, rank, world, skip_batches
+        if self.train:
+            size = progressive_resolution(self.progressive, epoch, self.final_resolution)
+            if size != self.spec.train_resolution:
+                self.spec = replace(self.spec, train_resolution=size)
 
     # -- sizes (from the index, so every rank agrees without communicating) -----------------------------------
     def train_batches_per_rank(self) -> int:
@@ -497,6 +507,13 @@ class WebDatasetDataModule(SplitDataModule):
     set matching this cell's split and half is read; otherwise the ``all`` set is read and filtered by class.
     """
 
+    progressive_supported = True  # ShardStream.set_context sets each epoch's crop size before workers start
+
+    def set_progressive(self, spec: dict[str, Any] | None) -> None:
+        super().set_progressive(spec)
+        if getattr(self, "train_set", None) is not None:
+            self.train_set.progressive = spec  # type: ignore[union-attr]
+
     def __init__(
         self,
         shards: str | None = None,
@@ -516,6 +533,7 @@ class WebDatasetDataModule(SplitDataModule):
         subset: dict[str, Any] | None = None,
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
+        progressive: dict[str, Any] | None = None,
         **ignored: Any,
     ) -> None:
         location = shards or root
@@ -527,6 +545,7 @@ class WebDatasetDataModule(SplitDataModule):
             raise UserError(f"{self.shards_root} holds {self.index.get('format')} data, not wds; use loader: "
                             f"{self.index.get('format')} or write wds shards")
         super().__init__(self.index["classes"], split, half, batch_size, num_workers, seed)
+        self.set_progressive(progressive)
         self.set_name = self._pick_set()
         self.spec = AugmentSpec(train_resolution=image_size, val_resolution=val_image_size or image_size,
                                 scale=(float(scale[0]), float(scale[1])), crop_ratio=crop_ratio,
@@ -569,8 +588,10 @@ class WebDatasetDataModule(SplitDataModule):
             parts[part] = shards
         self.train_set = ShardStream(parts["train"], train=True, subset=self.subset,  # type: ignore[arg-type]
                                      max_samples=self.max_train_samples, **common)
+        self.train_set.progressive = self.progressive
         self.val_set = ShardStream(parts["val"], train=False, max_samples=self.max_val_samples,  # type: ignore[arg-type]
                                    **common)
+        self.full_train_samples = self.train_set.full_total
 
     def _context(self) -> tuple[int, int, int]:
         trainer = self.trainer
@@ -603,6 +624,11 @@ class WebDatasetDataModule(SplitDataModule):
                     val_samples=self.val_set.total if self.val_set else None,
                     samples_skipped=self.samples_skipped, subset=self.subset)
         return info
+
+    def data_sources(self) -> dict[str, list[str]]:
+        sets = self.index["sets"][self.set_name]
+        return {part: [f.get("url") or str(self.shards_root / f["name"]) for f in sets[part]["files"]]
+                for part in ("train", "val")}
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels, skipped = batch

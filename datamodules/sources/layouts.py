@@ -198,8 +198,16 @@ class Food101(Layout):
             path = self.root / "meta" / meta
             if not path.is_file():
                 raise UserError(f"{path} is missing; Food-101's ROOT must contain meta/train.txt and meta/test.txt")
-            parts[part] = [Item(line, index[line.split("/")[0]], str(images / f"{line}.jpg"))
-                           for line in path.read_text().split()]
+            parts[part] = []
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                key = line.strip()
+                if not key:
+                    continue
+                name = key.split("/")[0]
+                if name not in index:
+                    raise UserError(f"{path}:{n}: unknown class {name!r}: {images / name} does not exist; correct "
+                                    "or delete the line (one '<class>/<image id>' a line), or restore that folder")
+                parts[part].append(Item(key, index[name], str(images / f"{key}.jpg")))
         return Listing(classes, parts)
 
 
@@ -210,25 +218,42 @@ class OxfordPets(Layout):
     name: str = "oxford_pets"
 
     def listing(self) -> Listing:
+        """Class names come from each class id's own images (``Abyssinian_100`` -> ``Abyssinian``), and the ids
+        present are numbered 0..K-1 in id order: a subset of the annotations (a class id with no rows) keeps
+        every label naming its own breed instead of shifting them."""
         assert self.root is not None
         images = _need_dir(self.root / "images", "Oxford-IIIT Pets needs ROOT/images and ROOT/annotations")
         rows: dict[str, list[tuple[str, int]]] = {}
-        names: dict[int, str] = {}
+        names: dict[int, tuple[str, str]] = {}  # class id -> (its breed, the 'file:line' that named it)
+        ids: dict[str, tuple[int, str]] = {}  # breed -> (its class id, the 'file:line' that gave it)
         for part, meta in (("train", "trainval.txt"), ("val", "test.txt")):
             path = self.root / "annotations" / meta
             if not path.is_file():
                 raise UserError(f"{path} is missing; extract annotations.tar.gz into ROOT")
             rows[part] = []
-            for line in path.read_text().splitlines():
+            for n, line in enumerate(path.read_text().splitlines(), 1):
                 if not line.strip() or line.startswith("#"):
                     continue
-                stem, class_id = line.split()[:2]
-                names[int(class_id) - 1] = stem.rsplit("_", 1)[0]  # e.g. 'Abyssinian_100' -> 'Abyssinian'
-                rows[part].append((stem, int(class_id) - 1))
-        classes = [names[i] for i in sorted(names)]
-        parts = {part: [Item(stem, label, str(images / f"{stem}.jpg")) for stem, label in entries]
+                fields = line.split()
+                if len(fields) < 2 or not fields[1].isdigit() or int(fields[1]) < 1:
+                    raise UserError(f"{path}:{n}: expected '<image stem> <class id> <species> <breed id>' "
+                                    f"(class id 1, 2, ...), got {line!r}; fix or delete the line")
+                stem, class_id = fields[0], int(fields[1])
+                breed = stem.rsplit("_", 1)[0]  # e.g. 'Abyssinian_100' -> 'Abyssinian'
+                named, where = names.setdefault(class_id, (breed, f"{meta}:{n}"))
+                if named != breed:
+                    raise UserError(f"{path}:{n}: class id {class_id} is {named!r} at {where} but {stem!r} is a "
+                                    f"{breed!r}; give each breed its own id, the same on all its lines")
+                first_id, where = ids.setdefault(breed, (class_id, f"{meta}:{n}"))
+                if first_id != class_id:
+                    raise UserError(f"{path}:{n}: {breed!r} has class id {class_id} here but {first_id} at {where}; "
+                                    "give each breed its own id, the same on all its lines")
+                rows[part].append((stem, class_id))
+        label = {class_id: i for i, class_id in enumerate(sorted(names))}
+        breeds = [names[class_id][0] for class_id in sorted(names)]
+        parts = {part: [Item(stem, label[class_id], str(images / f"{stem}.jpg")) for stem, class_id in entries]
                  for part, entries in rows.items()}
-        return Listing(classes, parts)
+        return Listing(breeds, parts)
 
 
 @dataclass

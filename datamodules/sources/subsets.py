@@ -80,15 +80,22 @@ def subset_train_indices(labels: Sequence[int] | np.ndarray, subset: dict[str, A
     labels = np.asarray(labels)
     index = np.arange(len(labels))
     if subset:
-        unknown = sorted(set(subset) - {"per_class", "fraction", "seed"})
+        unknown = sorted(set(subset) - {"per_class", "fraction", "seed", "steps"})
         if unknown:
-            raise UserError(f"unknown key data.subset.{unknown[0]}; valid keys: per_class, fraction, seed")
+            raise UserError(f"unknown key data.subset.{unknown[0]}; valid keys: per_class, fraction, seed, steps")
         index = index[stratified_indices(labels, per_class=subset.get("per_class"),
                                          fraction=subset.get("fraction"), seed=int(subset.get("seed") or 0))]
     if max_samples is not None and max_samples < len(index):
         index = index[stratified_indices(labels[index], total=max_samples, seed=seed,
                                          where="data.max_train_samples")]
     return index
+
+
+def reference_train_count(kept: int, max_samples: int | None) -> int:
+    """Training images the cell would read without its ``data.subset`` (the class-filtered set, capped by
+    ``max_train_samples``): what ``subset.steps: full`` sizes the run by (Yosinski's reduced sources train as
+    many optimizer steps as the full source)."""
+    return kept if max_samples is None else min(kept, max_samples)
 
 
 def cap_indices(labels: Sequence[int] | np.ndarray, max_samples: int | None, seed: int,

@@ -15,9 +15,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from launch.slurm_executor import SlurmExecutor, cancel_sweep
-from launch.sweep import SweepConfig, materialize_configs, plan_sweep, unit_count, write_plan
-from launch.variants import CLASSIC as VARIANTS
+from launch.core.plan import materialize_configs, write_plan
+from launch.core.variants import CLASSIC as VARIANTS
+from launch.execution.slurm.executor import SlurmExecutor, cancel_sweep
+from launch.planning.planner import plan_sweep
+from launch.planning.schema import SweepConfig
+from pipeline.models.unit_counts import unit_count
 
 
 def bench_sweep(seeds: int = 55, arch: str = "convnext_base", profile: str = "local-test",

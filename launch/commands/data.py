@@ -31,7 +31,7 @@ def cmd_data_write(args: argparse.Namespace) -> int:
 
 
 def cmd_data_prepare(args: argparse.Namespace) -> int:
-    from launch.prepare import run_job_file
+    from launch.execution.prepare_run import run_job_file
 
     return run_job_file(args.job, progress=not args.no_progress, log=console.print)
 

@@ -56,43 +56,87 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     sets = [kernels_from(src, args.file) for src in args.src]
     options = ClusterOptions(clusters=args.clusters, latent=args.latent, epochs=args.epochs,
                              threshold=args.threshold, sign=args.sign, seed=args.seed, min_r2=args.min_r2,
-                             criterion=args.criterion)
+                             criterion=args.criterion, centroid_criterion=args.centroid_criterion,
+                             merge=not args.no_merge)
     result = cluster_kernels(sets, options)
     out = Path(args.out) if args.out else DEFAULT_OUT / ("cluster_" + _slug("+".join(s.source for s in sets)))
     paths = write_cluster_outputs(result, out)
     summary = result.summary()
     console.print(f"{summary['kernels']} kernels, {len(result.names)} clusters, classified "
                   f"{summary['classified']:.1%} (correlation >= {options.threshold})")
+    console.print(f"noise: {result.noise:.1%} of the peak (median residual of the {result.noise_kernels} "
+                  f"kernels a family explains)")
+    if result.separability is not None:
+        for line in result.separability.lines():
+            console.print(line, highlight=False)
+    console.print(f"clusters: share, centroid named by {options.centroid_criterion} and its R2, its kernels' "
+                  "own families", highlight=False)
     for c in summary["clusters"]:
-        console.print(f"  {c['cluster']}: {c['name']:<10} {c['share']:6.1%} of kernels, fit R2 {c['fit']['r2']:.3f}")
-    _print_family_shares(result.layer_shares(), summary["family_shares"], options)
+        members = ", ".join(f"{SHORT.get(k, k)} {v:.0%}" for k, v in list(c["members"].items())[:3])
+        console.print(f"  {c['cluster']:>2} {c['name']:<20} {c['share']:6.1%} R2 {c['fit']['r2']:.3f}  {members}",
+                      highlight=False)
+    _print_family_shares(result, options)
     console.print(f"family fits: {summary['family_kernels_per_second']:.0f} kernels/s")
     console.print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
-def _print_family_shares(rows: list[dict], total: dict[str, float], options: object) -> None:
-    """Per unit, each family's share of its kernels (a delta or a Gaussian is never counted as a DoG)."""
+SHORT = {"delta": "delta", "gauss": "gauss", "dog_on": "dog+", "dog_off": "dog-", "laplacian": "LoG", "d1": "d1",
+         "d2": "d2", "other": "other", "centre_surround": "c-s", "blob": "blob", "dog_like": "DoG-like"}
+
+
+def family_table(rows: list[dict], total: dict[str, float], groups: dict[str, str],
+                 merged: dict[str, list[str]] | None = None, criterion: str = "bic", min_r2: float = 0.5) -> object:
+    """Per unit, each reported family's share of its kernels (merged where the naming does not separate them):
+    a Rich table that fits an 80-column terminal (short headers, sources by number when there are several) and
+    its legend under it, wrapped at the terminal's width. ``rows``: ``ClusterResult.layer_shares()``; ``total``:
+    the summary's ``reported_shares``; ``groups`` / ``merged``: the separability's."""
+    from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
-    from pipeline.filters.families import SHARE_KEYS
-
-    table = Table(title=f"family of each kernel by {options.criterion.upper()} "  # type: ignore[attr-defined]
-                        f"(other: R2 < {options.min_r2})")  # type: ignore[attr-defined]
-    for col in ("source", "unit", "kernels", *SHARE_KEYS):
-        table.add_column(col, justify="left" if col == "source" else "right")
+    names = list(dict.fromkeys(groups[n] for n in groups)) + ["dog_like"]
+    sources = list(dict.fromkeys(str(r["source"]) for r in rows))
+    many = len(sources) > 1
+    legend = ["src " + ", ".join(f"{i} = {s}" for i, s in enumerate(sources, 1)) if many
+              else f"source {sources[0] if sources else '-'}", f"other: R2 < {min_r2}",
+              "DoG-like = centre-surround + d1 + d2"]
+    legend += [f"{SHORT.get(g, g)} = {' + '.join(SHORT.get(f, f) for f in fams)} (not separated here)"
+               for g, fams in (merged or {}).items()]
+    table = Table(title=f"family of each kernel by {criterion.upper()}", title_justify="left", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    for col in (["src"] if many else []) + ["unit", "n"] + [SHORT.get(n, n) for n in names]:
+        table.add_column(col, justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(str(r["source"])[:20], str(r["unit"]), str(r["kernels"]),
-                      *(f"{r[f'family_{k}']:.0%}" for k in SHARE_KEYS))
-    table.add_row("all", "", str(sum(r["kernels"] for r in rows)), *(f"{total[k]:.0%}" for k in SHARE_KEYS))
-    console.print(table)
+        table.add_row(*([str(sources.index(str(r["source"])) + 1)] if many else []), str(r["unit"]),
+                      str(r["kernels"]), *(f"{r[f'reported_{k}']:.0%}" for k in names))
+    table.add_row(*([""] if many else []), "all", str(sum(r["kernels"] for r in rows)),
+                  *(f"{total[k]:.0%}" for k in names))
+    return Group(table, Text("; ".join(legend) + "; per family: layer_shares.csv"))
+
+
+def _print_family_shares(result: object, options: object) -> None:
+    separability = result.separability  # type: ignore[attr-defined]
+    console.print(family_table(result.layer_shares(), result.summary()["reported_shares"],  # type: ignore[attr-defined]
+                               result.groups,  # type: ignore[attr-defined]
+                               separability.merged if separability is not None else None,
+                               options.criterion, options.min_r2),  # type: ignore[attr-defined]
+                  highlight=False)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pipeline.filters.planted import bench_planted
+    if args.generator == "planted":
+        from pipeline.filters.planted import bench_planted
 
-    report = bench_planted(per_family=args.per_family, size=args.size, noise=args.noise, clusters=args.clusters,
-                           seed=args.seed, gaussian=args.gaussian, log=console.print)
+        report = bench_planted(per_family=args.per_family, size=args.size or 7,
+                               noise=0.015 if args.noise is None else args.noise,
+                               clusters=args.clusters, seed=args.seed, gaussian=args.gaussian, log=console.print)
+    else:
+        from pipeline.filters.separability import bench_analytic
+
+        report = bench_analytic(args.like, args.file, per_family=args.per_family, size=args.size, noise=args.noise,
+                                seed=args.seed, log=lambda line: console.print(line, highlight=False))
     if args.out:
         import json
 
@@ -106,8 +150,8 @@ def cmd_masterkey(args: argparse.Namespace) -> int:
     import torch
 
     from pipeline.filters.bank import write_filter_bank
-    from pipeline.filters.extract import KernelSet
     from pipeline.filters.grid import draw_grid
+    from pipeline.filters.kernel_set import KernelSet
     from pipeline.filters.masterkey import MasterKeyOptions, find_master_keys
     from pipeline.filters.source import load_model_source
     from pipeline.training.evaluate import accuracy, validation_batches
@@ -180,20 +224,35 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(default 0.5)")
     s.add_argument("--criterion", choices=["bic", "aic"], default="bic",
                    help="information criterion that picks each kernel's family (default bic)")
+    s.add_argument("--centroid-criterion", choices=["effect", "bic", "aic"], default="effect",
+                   help="what names a cluster's centroid: effect size (a richer family must explain 0.2 %% more "
+                        "of its variance; default), or a criterion as for kernels")
+    s.add_argument("--no-merge", action="store_true",
+                   help="report every family apart, even those the naming does not separate at this kernel size "
+                        "and noise (measured on planted kernels each run)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_cluster)
 
-    s = filters.add_parser("bench", help="name planted kernels of known family: accuracy, ARI, kernels/s",
-                           description="Planted deltas, Gaussians, on/off DoGs, first derivatives and Laplacians "
-                                       "with noise: per-family accuracy of the BIC naming, the share of Gaussians "
-                                       "and deltas named DoG, and the adjusted Rand index of the old (best-fit) "
-                                       "and new (BIC) naming against the truth.")
+    s = filters.add_parser("bench", help="name planted kernels of known family: confusion matrix, merges",
+                           description="Analytic kernels (continuous profiles averaged over each pixel, sub-pixel "
+                                       "centres, wide scales, random gain; pipeline/filters/analytic.py) of every "
+                                       "family at a kernel size and noise: per family its recall and what it is "
+                                       "taken for, and the families reported merged there. --like SRC takes the "
+                                       "size and noise from a model's own kernels. --generator planted: the older "
+                                       "planted set (accuracy, ARI of the old and new naming, kernels/s).")
+    s.add_argument("--like", metavar="SRC", help="take the kernel size and noise from SRC's depthwise kernels "
+                                                 "(any SRC of mkf filters)")
+    s.add_argument("--file", help="local pretrained weights for a timm model name given to --like")
+    s.add_argument("--generator", choices=["analytic", "planted"], default="analytic",
+                   help="analytic (default) or the older planted set")
     s.add_argument("--per-family", type=int, default=100, help="kernels per planted family (default 100)")
-    s.add_argument("--size", type=int, default=7, help="kernel size (default 7)")
-    s.add_argument("--noise", type=float, default=0.015, help="noise sd as a share of the peak (default 0.015)")
+    s.add_argument("--size", type=int, default=None, help="kernel size (default 7, or SRC's with --like)")
+    s.add_argument("--noise", type=float, default=None,
+                   help="noise sd as a share of the peak (default: SRC's with --like, else 0.19 for analytic, "
+                        "as measured on a trained 7x7 DS-CNN, docs/filters.md; 0.015 for planted)")
     s.add_argument("--gaussian", choices=["discrete", "sampled"], default="discrete",
-                   help="planted shapes from the discrete-analogue models or sampled continuous Gaussians")
-    s.add_argument("--clusters", type=int, default=6, help="k of k-means for the clustering ARI (default 6)")
+                   help="planted generator only: shapes from the discrete-analogue models or sampled Gaussians")
+    s.add_argument("--clusters", type=int, default=6, help="planted generator only: k of k-means (default 6)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", help="also write the report as JSON here")
     s.set_defaults(func=cmd_bench)

@@ -17,7 +17,7 @@ before it in the same process:
 
 The only state deliberately shared is read-only: the IDX arrays of Fashion-MNIST (decoded once per worker;
 ``np.frombuffer`` arrays are not writeable, and cells copy what they index). Results are bit-identical to a cell run
-alone (tests/test_bundle.py). Scheduling, claims and attempts live in the launcher (``launch.bundle``).
+alone (tests/test_bundle.py). Scheduling, claims and attempts live in the launcher (``launch.worker.bundle``).
 """
 
 from __future__ import annotations

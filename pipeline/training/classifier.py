@@ -11,7 +11,7 @@ so it resumes), layer-wise lr decay through timm's parameter groups.
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import asdict
 from typing import Any
 
@@ -29,6 +29,7 @@ from datamodules.errors import UserError
 from pipeline.config import AugmentConfig, EmaConfig, ModelConfig, OptimConfig
 from pipeline.filters.init import apply_init
 from pipeline.models.zoo import create_model
+from pipeline.schedule import lr_factor, scaled_lr, warmup_steps
 from pipeline.transfer.apply import AppliedTransfer, TransferSpec, apply_transfer
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -41,8 +42,8 @@ class TrainableEma(ModelEmaV3):
     saves the update's memory traffic for every frozen tensor. The copy never needs gradients.
     """
 
-    def __init__(self, model: nn.Module, cfg: EmaConfig) -> None:
-        super().__init__(model, decay=cfg.decay, use_warmup=cfg.warmup)
+    def __init__(self, model: nn.Module, cfg: EmaConfig, decay: float | None = None) -> None:
+        super().__init__(model, decay=cfg.decay if decay is None else decay, use_warmup=cfg.warmup)
         self.module.requires_grad_(False)
         self.frozen = frozenset(name for name, p in model.named_parameters() if not p.requires_grad)
 
@@ -71,24 +72,41 @@ class ImageClassifier(L.LightningModule):
         transfer: TransferSpec | None = None,
         global_batch_size: int | None = None,
         augment: AugmentConfig | None = None,
+        init_seed: int | None = None,
+        ema_decay: float | None = None,
+        schedule_stretch: float = 1.0,
     ) -> None:
+        """``init_seed``: the model (its init, the depthwise init scheme and the transfer) is built from this seed
+        in a forked RNG, so the global stream the training draws from (drop path, Mixup/CutMix) is the same for
+        every cell of a seed whatever its init; None builds from the global stream as it stands. ``ema_decay``:
+        the decay after the recipe's rule (pipeline.schedule.ema_decay); None = ``model.ema.decay``.
+        ``schedule_stretch``: the run's length over the recipe's full length (``trainer.budget``); warmup stated
+        in epochs or steps is scaled by it (pipeline.schedule.warmup_steps)."""
         super().__init__()
         augment = augment or AugmentConfig()
         # plain dicts only: checkpoints must load with torch.load(weights_only=True) on resume
         self.save_hyperparameters({"model": asdict(model), "optim": asdict(optim), "num_classes": num_classes,
                                    "transfer": asdict(transfer) if transfer else None,
-                                   "global_batch_size": global_batch_size, "augment": asdict(augment)})
+                                   "global_batch_size": global_batch_size, "augment": asdict(augment),
+                                   "init_seed": init_seed, "ema_decay": ema_decay,
+                                   "schedule_stretch": schedule_stretch})
         self.model_cfg, self.optim_cfg = model, optim
         self.arch = model.arch
         self.num_classes = num_classes
         self.global_batch_size = global_batch_size
-        self.model: nn.Module = create_model(model.arch, num_classes=num_classes, drop_path_rate=model.drop_path_rate)
-        # depthwise kernel init (model.init: dog / masterkey / random_k), before any transfer overwrites units
-        self.applied_init = apply_init(self.model, model.arch, model.init)
-        self.applied: AppliedTransfer | None = None
-        if transfer is not None:
-            self.applied = apply_transfer(self.model, model.arch, transfer)
-            self.train()  # Lightning keeps the mode modules are built in: put frozen norms in eval now
+        self.init_seed = init_seed
+        self.schedule_stretch = schedule_stretch
+        with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+            if init_seed is not None:
+                torch.manual_seed(init_seed)
+            self.model: nn.Module = create_model(model.arch, num_classes=num_classes,
+                                                 drop_path_rate=model.drop_path_rate)
+            # depthwise kernel init (model.init: dog / masterkey / random_k), before any transfer overwrites units
+            self.applied_init = apply_init(self.model, model.arch, model.init)
+            self.applied: AppliedTransfer | None = None
+            if transfer is not None:
+                self.applied = apply_transfer(self.model, model.arch, transfer)
+                self.train()  # Lightning keeps the mode modules are built in: put frozen norms in eval now
         if model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.loss = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
@@ -106,7 +124,7 @@ class ImageClassifier(L.LightningModule):
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
         # the EMA copy is a submodule, so it is in every checkpoint (resumed with the run) under ema.module.*
-        self.ema: TrainableEma | None = TrainableEma(self.model, model.ema) if model.ema else None
+        self.ema: TrainableEma | None = TrainableEma(self.model, model.ema, ema_decay) if model.ema else None
         if self.ema is not None:
             self.ema_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", validate_args=False)
             self.ema_top5 = MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
@@ -189,10 +207,7 @@ class ImageClassifier(L.LightningModule):
 
     # -- optimisation ----------------------------------------------------------------------------------------
     def scaled_lr(self) -> float:
-        cfg = self.optim_cfg
-        if cfg.lr_scaling == "linear" and self.global_batch_size:
-            return cfg.lr * self.global_batch_size / cfg.base_batch_size
-        return cfg.lr
+        return scaled_lr(asdict(self.optim_cfg), self.global_batch_size or 0)
 
     def configure_optimizers(self) -> dict[str, Any]:
         total = int(self.trainer.estimated_stepping_batches)
@@ -217,16 +232,10 @@ class ImageClassifier(L.LightningModule):
         for group in optimizer.param_groups:  # timm's schedulers apply lr_scale; LambdaLR scales the group's lr
             group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
         total = max(1, total_steps)
-        warmup_steps = cfg.warmup_steps
-        if cfg.warmup_epochs is not None and steps_per_epoch:
-            warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-        warmup = min(warmup_steps, total - 1) if total > 1 else 0
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return cfg.warmup_start_factor + (1 - cfg.warmup_start_factor) * step / max(1, warmup)
-            progress = (step - warmup) / max(1, total - warmup)
-            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-            return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
-
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        optim = asdict(cfg)
+        warmup = warmup_steps(optim, total, steps_per_epoch, self.schedule_stretch)
+        self.lr_schedule = {"peak_lr": self.scaled_lr(), "warmup_steps": warmup, "total_steps": total,
+                            "warmup_start_factor": cfg.warmup_start_factor, "min_lr_ratio": cfg.min_lr_ratio,
+                            "shape": "linear warmup, cosine", "stretch": self.schedule_stretch}
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(lr_factor, warmup=warmup, total=total, optim=optim))

@@ -1,7 +1,9 @@
 """Top-1 accuracy of a model on a cell's own validation data, without Lightning: for the master-key search, which
 evaluates hundreds of kernel replacements and must not pay a Trainer's start-up each time.
 
-The batches are read and transformed once (``on_after_batch_transfer``, as the Trainer would) and kept in memory.
+The batches are read and transformed once through the datamodule's two batch hooks, in the Trainer's order
+(``on_before_batch_transfer``: the wds reader's skip record, FFCV's label remap; ``on_after_batch_transfer``:
+normalisation), and kept in memory: a loader's batch is never taken apart here by its shape.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def validation_batches(config: str | Path, max_val_samples: int | None = 512,
     datamodule.setup("validate")
     batches = []
     for batch in datamodule.val_dataloader():
+        batch = datamodule.on_before_batch_transfer(batch, 0)
         images, labels = datamodule.on_after_batch_transfer(batch, 0)
         batches.append((images, labels))
     return batches

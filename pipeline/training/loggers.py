@@ -54,7 +54,7 @@ def make_loggers(cfg: CellConfig, run_dir: Path) -> list[Logger]:
             name=w.name or run_dir.name, tags=list(w.tags), save_dir=str(run_dir),
             id=run_id, resume="allow", mode=mode, config=to_dict(cfg),
         )
-        if previous and _global_rank() == 0:  # only rank 0 owns the run dir (other ranks' experiment is a dummy)
+        if previous and process_rank() == 0:  # only rank 0 owns the run dir (other ranks' experiment is a dummy)
             _continue_offline_run(logger, previous, earlier_attempts)
         loggers.append(logger)
     return loggers
@@ -127,7 +127,7 @@ def _continue_offline_run(logger: Logger, previous: list[Path], attempts: list[P
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _global_rank() -> int:
+def process_rank() -> int:
     """This process's global rank before the Trainer exists (Lightning's own environment lookup)."""
     from lightning.fabric.utilities.rank_zero import _get_rank
 
@@ -144,7 +144,23 @@ def merge_metrics(run_dir: Path) -> None:
             reader = csv.DictReader(f)
             fields.update(dict.fromkeys(reader.fieldnames or []))
             rows.extend(reader)
+    rows, columns = compact_rows(rows, list(fields))
     with (run_dir / "metrics.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def compact_rows(rows: list[dict[str, str]], fields: list[str]) -> tuple[list[dict[str, str]], list[str]]:
+    """One row per (epoch, step), the values Lightning logged at different moments of that step merged into it,
+    and no column that is empty in every row: Lightning's CSV log writes each logging call as its own row, so a
+    cell's metrics.csv was mostly empty cells (a validation row, an epoch-time row, a train row per step)."""
+    merged: dict[tuple[str, str], dict[str, str]] = {}
+    for row in rows:
+        key = (row.get("epoch", ""), row.get("step", ""))
+        into = merged.setdefault(key, {})
+        for name, value in row.items():
+            if value not in (None, ""):
+                into[name] = value
+    columns = [f for f in fields if any(r.get(f) not in (None, "") for r in merged.values())]
+    return [{c: r.get(c, "") for c in columns} for r in merged.values()], columns

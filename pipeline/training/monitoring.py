@@ -14,6 +14,9 @@ Keys (``perf/`` in the history, ``params/`` in the run summary):
   the process's peak resident memory
 - ``perf/epoch_time_s``: wall time of each training epoch
 - ``params/trainable``, ``params/frozen``: parameter counts, in the W&B run summary
+
+The same clock readings also add up, for the whole attempt, into :attr:`TrainingMonitor.totals` (batches,
+images, loader wait): what the cell's cost record (pipeline.training.cost) reports, measured once.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class TrainingMonitor(L.Callback):
         self._wait = 0.0
         self._batches = 0
         self._epoch_start = 0.0
+        # the attempt's running totals (rank-local): batches, training images, seconds spent waiting for a batch
+        self.totals = {"batches": 0, "images": 0, "wait_s": 0.0}
 
     # -- epochs ----------------------------------------------------------------------------------------------
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -71,6 +76,11 @@ class TrainingMonitor(L.Callback):
             self._window_start = now
         else:
             self._wait += now - self._last_end
+            self.totals["wait_s"] += now - self._last_end
+        # counted as the batch starts: a callback that stops training at a batch's end (a preemption, after the
+        # optimizer step the checkpoint holds) may end the fit before this callback's on_train_batch_end runs
+        self.totals["batches"] += 1
+        self.totals["images"] += _batch_images(args[1] if len(args) > 1 else None, self.batch_size)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self._batches += 1
@@ -106,6 +116,13 @@ class TrainingMonitor(L.Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def _batch_images(batch: Any, default: int) -> int:
+    """Images in a training batch, from its shape (host metadata: no device sync)."""
+    first = batch[0] if isinstance(batch, list | tuple) and batch else batch
+    shape = getattr(first, "shape", None)
+    return int(shape[0]) if shape else default
 
 
 def _peak_host_memory_gb() -> float:

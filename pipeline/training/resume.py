@@ -19,23 +19,77 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.cloud_io import _atomic_save
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
+from datamodules.errors import UserError
 from datamodules.loaders.samplers import ResumePosition
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temp file, then rename: a crash mid-write never leaves a torn file to resume from."""
+    """Write checkpoints to a temp file beside the target, then rename: a crash mid-write never leaves a torn file
+    to resume from.
+
+    ``torch.save`` streams into the temp file itself, on the run folder's own filesystem: no second full copy of the
+    checkpoint in memory (Lightning's ``_atomic_save`` serialises into a BytesIO first, then writes it through
+    fsspec, which may stage it in ``$TMPDIR``: twice the RAM and three passes of I/O, and a tmpfs /tmp counted
+    against the job's memory could OOM it at the worst moment). A write killed midway leaves ``.<name>.tmp-<pid>``,
+    which the next attempt deletes (launch.worker.lifecycle.clean_partial_writes).
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        _atomic_save(checkpoint, tmp)
-        with open(tmp, "rb") as f:
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the directory that holds the renamed entry (no-op where unsupported)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class EpochCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at every epoch's end (the resume point between epochs); ``best.ckpt`` only when the cell
+    keeps its checkpoints. After the final epoch nothing is written unless they are kept: the cell's weights and
+    result follow at once and its checkpoints would be deleted again (trainer.keep_checkpoints), a write of 3-4x
+    the weights for nothing. A crash in that gap resumes from the previous epoch's last.ckpt, as exactly."""
+
+    def __init__(self, dirpath: Path, keep: bool) -> None:
+        super().__init__(dirpath=dirpath, filename="best", monitor="val/top1" if keep else None, mode="max",
+                         save_top_k=1 if keep else 0, save_last=True, enable_version_counter=False)
+        self.keep = keep
+
+    def _final(self, trainer: L.Trainer) -> bool:
+        steps_done = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        return steps_done or trainer.current_epoch + 1 >= (trainer.max_epochs or 1)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.keep or not self._final(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.keep or not self._final(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.keep:  # Lightning saves last.ckpt once more when training ends (Lightning >= 2.5)
+            super().on_train_end(trainer, pl_module)
 
 
 def is_valid_checkpoint(path: Path) -> bool:
@@ -78,9 +132,12 @@ class TrainingState(L.Callback):
     a one-rank run is bit-identical to what it was before ranks were seeded apart.
     """
 
-    def __init__(self, position: ResumePosition, seed: int | None = None) -> None:
+    def __init__(self, position: ResumePosition, seed: int | None = None, world_size: int | None = None) -> None:
         self.position = position
         self.seed = seed
+        # a checkpoint resumes only on the world size that wrote it: the epoch's split between ranks, the global
+        # batch and the LR schedule all follow from it, so another size would repeat some samples and skip others
+        self.world_size = world_size
         self.batches_done = 0
         self.epoch = 0
         self.batches_per_epoch = 0
@@ -108,9 +165,15 @@ class TrainingState(L.Callback):
         # is saved: gather each rank's generators so that each rank restores its own streams (drop path on its
         # GPU, its loader's augmentations), not rank 0's
         ranks = _gather(own)
-        return {"epoch": epoch, "batches_done": done, **own, "ranks": ranks}
+        return {"epoch": epoch, "batches_done": done, **own, "ranks": ranks, "world_size": len(ranks)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("world_size") or len(state.get("ranks") or []) or None
+        if saved is not None and self.world_size is not None and saved != self.world_size:
+            raise UserError(f"the cell's checkpoint was written by {saved} ranks but this attempt has "
+                            f"{self.world_size}: a resume must keep the world size (the epoch's split between "
+                            "ranks and the global batch follow from it); rerun with the same devices x nodes, or "
+                            "delete the run folder's checkpoints/ to restart the cell")
         self.restored = True
         self.epoch, self.batches_done = state["epoch"], state["batches_done"]
         self.position.set(state["epoch"], state["batches_done"])
@@ -207,8 +270,10 @@ class PreemptionHandler(L.Callback):
     def __init__(self, checkpoint_path: Path, requeue: Callable[[], bool] | None = None,
                  signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM), requeue_on: tuple[int, ...] = (
                      signal.SIGUSR1,), check_every_n_steps: int = 1, last_path: Path | None = None,
-                 every_n_steps: int | None = None, interval_s: float | None = None) -> None:
+                 every_n_steps: int | None = None, interval_s: float | None = None,
+                 on_preempt: Callable[[int], None] | None = None) -> None:
         self.checkpoint_path = checkpoint_path
+        self.on_preempt = on_preempt  # rank 0, once stopping is agreed and before the checkpoint is written
         self.requeue = requeue
         self.signals = signals
         self.requeue_on = requeue_on
@@ -311,6 +376,36 @@ class PreemptionHandler(L.Callback):
             trainer.save_checkpoint(self.last_path)
             self._last_save = time.monotonic()
 
+    # -- during validation: a long pass must not outlast the grace period unheard ---------------------------------
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Agree on how many validation batches every rank will see (ranks may hold one more or one fewer): the
+        checks below are collectives, so only batches every rank reaches may hold one."""
+        self._val_checks = 0
+        in_fit = trainer.state.fn == TrainerFn.FITTING
+        if not self.signals or not in_fit or trainer.sanity_checking:  # a fit's own passes (a checkpoint resumes it)
+            self._val_common = 0
+            return
+        batches = trainer.num_val_batches
+        mine = int(sum(batches) if isinstance(batches, list) else batches)
+        if trainer.world_size > 1:
+            count = torch.tensor([float(mine)], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MIN)
+            mine = int(count.item())
+        self._val_common = mine
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        """A preemption signal during validation: checkpoint the training state (the last optimizer step is
+        complete) and stop, instead of finishing a pass that may outlast the grace period (KillWait then kills
+        the job and the attempt counts as a failure). Checked every ``check_every_n_steps`` batches."""
+        common = getattr(self, "_val_common", 0)
+        if not common or batch_idx >= common:
+            return
+        if trainer.world_size > 1 and (batch_idx + 1) % self.check_every_n_steps:
+            return
+        if self._agree(trainer, time_due=False)[0]:
+            self._stop(trainer, save=True)
+
     def _agree(self, trainer: L.Trainer, time_due: bool) -> tuple[bool, bool]:
         """(any rank signalled, any rank's clock due): one all-reduce (max) of one flag per signal and the clock's.
 
@@ -332,10 +427,12 @@ class PreemptionHandler(L.Callback):
         return bool(seen), due > 0
 
     def _stop(self, trainer: L.Trainer, save: bool) -> None:
+        signum = self.signum if self.signum is not None else signal.SIGUSR1
+        if self.on_preempt is not None and trainer.is_global_zero:
+            self.on_preempt(signum)  # recorded first: a checkpoint that outlasts KillWait is still a preemption
         if save:
             trainer.save_checkpoint(self.checkpoint_path)
         self.preempted = True
-        signum = self.signum if self.signum is not None else signal.SIGUSR1
         if trainer.is_global_zero and signum in self.requeue_on and self.requeue is not None:
             self.requeued = self.requeue()
         name = signal.Signals(signum).name

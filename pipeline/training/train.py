@@ -5,7 +5,10 @@ Run directory layout::
     config.yaml          the resolved cell config
     split.json           the class split the cell used
     metrics.csv          Lightning's CSV log
-    checkpoints/         last.ckpt (resume point) and best.ckpt (highest val/top1)
+    checkpoints/         last.ckpt (resume point), preempt.ckpt; deleted when the cell finishes unless
+                         trainer.keep_checkpoints (which also keeps best.ckpt, the highest val/top1)
+    evidence.json        how the cell was trained, for the protocol audit (pipeline.training.evidence)
+    cost.json            what each attempt cost (pipeline.training.cost); result.json's ``cost`` sums them
     weights.safetensors  final model as a plain timm state_dict
     result.json          written last: its presence (with status "finished") means the cell is done
 
@@ -14,8 +17,11 @@ Everything that can be wrong with the input is checked before the run directory 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import shutil
 import socket
 import time
 from dataclasses import asdict
@@ -24,18 +30,37 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules import SplitDataModule, build_datamodule
 from datamodules.errors import UserError
 from pipeline.config import CellConfig, dump_yaml, to_dict
 from pipeline.models.weights import WEIGHTS_FILE, save_weights
-from pipeline.results.run_folder import LAST_CKPT, PREEMPT_CKPT, RESULT_FILE, read_result  # torch-free home
+from pipeline.results.run_folder import (  # torch-free home
+    LAST_CKPT,
+    PREEMPT_CKPT,
+    RESULT_FILE,
+    read_evidence,
+    read_result,
+)
+from pipeline.schedule import (
+    Length,
+    budget_length,
+    check_progressive,
+    ema_decay,
+    progressive_schedule,
+    resolve_batch,
+    steps_per_epoch,
+    stretched,
+)
+from pipeline.training import evidence as cell_evidence
 from pipeline.training.classifier import OPTIMIZERS, ImageClassifier
-from pipeline.training.loggers import make_loggers, merge_metrics
-from pipeline.training.monitoring import monitoring_callbacks
+from pipeline.training.cost import CostRecorder
+from pipeline.training.loggers import make_loggers, merge_metrics, process_rank
+from pipeline.training.monitoring import TrainingMonitor, monitoring_callbacks
+from pipeline.training.quiet import quiet_third_party
 from pipeline.training.resume import (
     AtomicCheckpointIO,
+    EpochCheckpoint,
     PreemptionHandler,
     TrainingState,
     newest_valid_checkpoint,
@@ -142,6 +167,106 @@ def validate_recipe(cfg: CellConfig) -> None:
     ema = cfg.model.ema
     if ema is not None and (not 0.0 < ema.decay < 1.0 or ema.every_n_steps < 1):
         raise UserError("model.ema.decay must be in (0, 1) and model.ema.every_n_steps >= 1")
+    if ema is not None and ema.adjust not in ("none", "torchvision"):
+        raise UserError(f"unknown model.ema.adjust {ema.adjust!r}; use none or torchvision")
+    if o.warmup_fraction is not None and not 0.0 <= o.warmup_fraction < 1.0:
+        raise UserError(f"optim.warmup_fraction = {o.warmup_fraction} must be in [0, 1): a share of the run's steps")
+    if t.global_batch_size is not None and t.global_batch_size < 1:
+        raise UserError(f"trainer.global_batch_size must be >= 1, got {t.global_batch_size}")
+    subset = cfg.data.subset
+    if subset is not None and subset.steps not in ("full", "epochs"):
+        raise UserError(f"unknown data.subset.steps {subset.steps!r}; use full (the full set's optimizer steps) "
+                        "or epochs (max_epochs over the subset)")
+    if cfg.data.progressive is not None:
+        check_progressive(asdict(cfg.data.progressive), cfg.data.image_size,
+                          cfg.trainer.max_epochs if cfg.trainer.max_steps <= 0 else None)
+    budget = asdict(cfg.trainer.budget) if cfg.trainer.budget is not None else None
+    if budget is not None and (budget.get("epochs") is not None or cfg.trainer.max_steps > 0):
+        budget_length(cfg.trainer.max_epochs, cfg.trainer.max_steps, budget, steps_per_epoch=1)  # checks only
+
+
+def init_seed(cfg: CellConfig) -> int:
+    """The seed the cell's model is built from (its init, then the transfer overwrites what it copies).
+
+    A base cell, and a transfer cell with ``transfer.reinit: paired``, use the cell's seed: the layers a transfer
+    does not copy then start as the reference base's did. With ``fresh`` (the default) they are a new draw per
+    cell, as Yosinski et al. re-drew them: the seed hashes what makes the cell's transfer (its seed, arch, the
+    transfer section and the base's folder name, which is its content id in a sweep), so it is reproducible and
+    differs between AnB, AnB+, BnB, the controls and every depth. The data order and the training's random stream
+    stay the cell's seed's in both cases (paired across variants).
+    """
+    if cfg.transfer is None or cfg.transfer.reinit == "paired":
+        return cfg.seed
+    transfer = {k: v for k, v in asdict(cfg.transfer).items() if k != "base"}
+    body = json.dumps({"seed": cfg.seed, "arch": cfg.model.arch, "transfer": transfer,
+                       "base": Path(cfg.transfer.base).name if cfg.transfer.base else ""}, sort_keys=True,
+                      default=str)
+    return int(hashlib.sha256(body.encode()).hexdigest()[:8], 16)
+
+
+def check_base_schedule(cfg: CellConfig, world: int, global_batch: int) -> None:
+    """A transfer cell trains as its base did: the same world size and global batch, or one line saying so.
+
+    ``mkf sweep plan`` refuses stage profiles that would differ; this catches a base another sweep trained under
+    another profile and left in a shared store (its evidence.json says how it was trained).
+    """
+    if cfg.transfer is None or not cfg.transfer.base or cfg.transfer.init == "random":
+        return
+    base = Path(cfg.transfer.base)
+    if not base.is_dir():
+        return  # a weights file or timm: source: trained elsewhere, nothing recorded to compare
+    schedule = (read_evidence(base) or {}).get("schedule") or {}
+    theirs = (schedule.get("world_size"), schedule.get("global_batch"))
+    if None in theirs or theirs == (world, global_batch):
+        return
+    raise UserError(f"base {base} trained on {theirs[0]} devices at global batch {theirs[1]}, this cell would "
+                    f"train on {world} at {global_batch}: a comparison's cells must train alike; run this cell "
+                    "with the base's profile (devices x nodes) and trainer.global_batch_size")
+
+
+def full_steps(cfg: CellConfig, datamodule: SplitDataModule, world: int, accumulate: int,
+               length: Length | None = None) -> tuple[int, int] | None:
+    """(max_steps, max_epochs) of a reduced source that trains the full set's optimizer steps
+    (``data.subset.steps: full``), or None when the cell trains its own epochs. ``length``: the cell's length
+    under its budget (default: trainer.max_steps / max_epochs as written)."""
+    subset = cfg.data.subset
+    if subset is None or subset.steps != "full":
+        return None
+    max_steps, max_epochs = (length.max_steps, length.max_epochs) if length else (cfg.trainer.max_steps,
+                                                                                  cfg.trainer.max_epochs)
+    datamodule.setup("fit")
+    full, kept = datamodule.full_train_samples, len(datamodule.train_set)  # type: ignore[arg-type]
+    if not full or not kept:
+        return None
+    limit = cfg.trainer.limit_train_batches
+    target = (max_steps if max_steps > 0
+              else steps_per_epoch(full, world, cfg.data.batch_size, accumulate, limit) * max_epochs)
+    per_epoch = steps_per_epoch(kept, world, cfg.data.batch_size, accumulate, limit)
+    return target, math.ceil(target / per_epoch)
+
+
+def cell_length(cfg: CellConfig, datamodule: SplitDataModule, world: int, accumulate: int) -> Length:
+    """The cell's length under ``trainer.budget`` (the full run without one): a step budget of a run stated in
+    epochs needs the epoch's optimizer steps, counted on the set the full run's epochs are over (the full set
+    under ``data.subset.steps: full``)."""
+    budget = asdict(cfg.trainer.budget) if cfg.trainer.budget is not None else None
+    per_epoch = None
+    if budget and budget.get("steps") is not None and cfg.trainer.max_steps <= 0:
+        datamodule.setup("fit")
+        subset_full = cfg.data.subset is not None and cfg.data.subset.steps == "full"
+        samples = (datamodule.full_train_samples if subset_full and datamodule.full_train_samples
+                   else len(datamodule.train_set))  # type: ignore[arg-type]
+        per_epoch = steps_per_epoch(samples, world, cfg.data.batch_size, accumulate,
+                                    cfg.trainer.limit_train_batches)
+    return budget_length(cfg.trainer.max_epochs, cfg.trainer.max_steps, budget, per_epoch)
+
+
+def progressive_spec(cfg: CellConfig, stretch: float) -> dict[str, Any] | None:
+    """``data.progressive`` as the loaders apply it: its ramp stretched to the cell's budget."""
+    if cfg.data.progressive is None:
+        return None
+    spec = {k: v for k, v in asdict(cfg.data.progressive).items() if k != "end"}
+    return stretched(spec, stretch)
 
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
@@ -172,22 +297,45 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
     done = read_result(run_dir)
     if done is not None:
         return done
+    attempt_started = time.time()
+    quiet_third_party()
     validate_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule_for(cfg)
     spec = TransferSpec(**asdict(cfg.transfer)) if cfg.transfer is not None else None
     devices_per_node = _device_count(cfg)
+    world = devices_per_node * cfg.trainer.num_nodes
+    accumulate, global_batch = resolve_batch(cfg.data.batch_size, world, cfg.trainer.accumulate_grad_batches,
+                                             cfg.trainer.global_batch_size)
+    check_base_schedule(cfg, world, global_batch)
+    length = cell_length(cfg, datamodule, world, accumulate)
+    lengths = full_steps(cfg, datamodule, world, accumulate, length)
+    max_steps, max_epochs = lengths or (length.max_steps, length.max_epochs)
+    progressive = progressive_spec(cfg, length.stretch)
+    datamodule.set_progressive(progressive)
+    seed_of_init = init_seed(cfg)
+    # the torchvision EMA rule divides by the run's epochs: a budget's, not the full recipe's
+    ema_epochs = max(1, round(cfg.trainer.max_epochs * length.stretch))
+    decay = ema_decay(asdict(cfg.model.ema) if cfg.model.ema else None, global_batch, ema_epochs)
     module = ImageClassifier(
-        cfg.model, cfg.optim, num_classes=datamodule.num_classes, transfer=spec,
-        global_batch_size=cfg.data.batch_size * devices_per_node * cfg.trainer.num_nodes
-        * cfg.trainer.accumulate_grad_batches,
-        augment=cfg.augment,
+        cfg.model, cfg.optim, num_classes=datamodule.num_classes, transfer=spec, global_batch_size=global_batch,
+        augment=cfg.augment, init_seed=seed_of_init, ema_decay=decay, schedule_stretch=length.stretch,
     )
+    val_size = cfg.data.val_image_size or cfg.data.image_size
+    resolutions = {"train": cfg.data.image_size, "val": val_size}
+    if progressive is not None:
+        resolutions["progressive"] = {**progressive, "per_epoch": progressive_schedule(progressive, max_epochs,
+                                                                                       cfg.data.image_size)}
+    budget_record = length.record(cfg.trainer.max_epochs, cfg.trainer.max_steps)
+    start_evidence = cell_evidence.start_evidence(cfg, module, datamodule, seed_of_init, cfg.data.image_size,
+                                                  resolution=resolutions)
     # ---- from here on the input is known to be good: write the run directory ----
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(to_dict(cfg), run_dir / "config.yaml")
     datamodule.split.save(run_dir / "split.json")
+    if process_rank() == 0:
+        cell_evidence.write_start(run_dir, start_evidence)
     extra_callbacks = list(callbacks or [])
     # ONE callback writes every mid-epoch checkpoint (periodic steps, the launcher's time interval, preemption),
     # always into the last.ckpt resume reads and only after an optimizer step; a second ModelCheckpoint with
@@ -200,20 +348,24 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
     policy.every_n_steps = cfg.trainer.checkpoint_every_n_steps or 0
     callbacks = [
         *extra_callbacks,
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/top1", mode="max", save_top_k=1,
-                        save_last=True, enable_version_counter=False),
+        EpochCheckpoint(ckpt_dir, keep=cfg.trainer.keep_checkpoints),
     ]
-    callbacks.append(TrainingState(datamodule.position, seed=cfg.seed))
-    callbacks.extend(monitoring_callbacks(cfg.data.batch_size))
+    callbacks.append(TrainingState(datamodule.position, seed=cfg.seed, world_size=world))
+    monitors = monitoring_callbacks(cfg.data.batch_size)
+    monitor = next(c for c in monitors if isinstance(c, TrainingMonitor))
+    recorder = CostRecorder(run_dir, monitor, started=attempt_started, image_size=cfg.data.image_size,
+                            val_image_size=val_size, progressive=progressive, ema=cfg.model.ema is not None,
+                            workers=datamodule.num_workers)
+    callbacks.extend([*monitors, recorder])
     t = cfg.trainer
     trainer = L.Trainer(
-        default_root_dir=str(run_dir), max_epochs=t.max_epochs, max_steps=t.max_steps,
+        default_root_dir=str(run_dir), max_epochs=max_epochs, max_steps=max_steps,
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=resolve_precision(t.precision), limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar and not under_slurm(),
         enable_model_summary=False, gradient_clip_val=t.gradient_clip_val,
-        gradient_clip_algorithm=t.gradient_clip_algorithm, accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_algorithm=t.gradient_clip_algorithm, accumulate_grad_batches=accumulate,
         logger=make_loggers(cfg, run_dir), callbacks=callbacks, plugins=[AtomicCheckpointIO(), *(plugins or [])],
         use_distributed_sampler=False,  # our samplers split ranks themselves, and can resume mid-epoch
     )
@@ -229,6 +381,12 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
     if trainer.global_rank != 0:
         return {}
     merge_metrics(run_dir)
+    schedule = {"world_size": world, "devices_per_node": devices_per_node, "num_nodes": cfg.trainer.num_nodes,
+                "per_device_batch": cfg.data.batch_size, "accumulate": accumulate, "global_batch": global_batch,
+                "lr_scaling": cfg.optim.lr_scaling, "max_epochs": max_epochs, "max_steps": max_steps,
+                "ema_decay": decay, "ema_every": cfg.model.ema.every_n_steps if cfg.model.ema else None,
+                "budget": budget_record}
+    cell_evidence.write_end(run_dir, module, schedule, trainer.global_step, trainer.current_epoch)
     save_weights(module.model, run_dir / WEIGHTS_FILE, cfg.model.arch, datamodule.num_classes)
     if module.ema is not None:
         save_weights(module.ema.module, run_dir / EMA_WEIGHTS_FILE, cfg.model.arch, datamodule.num_classes)
@@ -256,15 +414,31 @@ def train_cell(cfg: CellConfig, callbacks: list[L.Callback] | None = None,
         "transfer_signal": cell_signal(module, datamodule),  # can the transferred units change a prediction?
         "labels": cfg.labels,
         **datamodule.describe(),
+        # the length and resolutions it trained at: a budget ("16 of 90 epochs") and a progressive ramp
+        "schedule": {"budget": budget_record, "train_resolution": cfg.data.image_size, "val_resolution": val_size,
+                     "progressive": resolutions.get("progressive")},
     }
     if cfg.wandb.enabled:  # the cell's filters on its dashboard (DS-CNNs only; rank 0 only, as all of this)
         from pipeline.filters.dashboard import log_filters
 
         log_filters(trainer.loggers, module.model, cfg.model.arch, run_dir.name)
+    result["cost"] = recorder.finish(trainer)  # every attempt summed, written last before the result
     tmp = run_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    with open(tmp, "w") as f:  # fsync before the rename: result.json is what "finished" means to everyone
+        f.write(json.dumps(result, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(run_dir / RESULT_FILE)
+    if not cfg.trainer.keep_checkpoints:  # finished: the optimizer state has nothing left to resume
+        drop_checkpoints(run_dir)
     return result
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete a finished cell's Lightning checkpoints (checkpoints/, hpc_ckpt_*.ckpt, half-written temp files)."""
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    for path in run_dir.glob("hpc_ckpt_*.ckpt"):
+        path.unlink(missing_ok=True)
 
 
 def _device_count(cfg: CellConfig) -> int:

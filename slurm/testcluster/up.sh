@@ -9,6 +9,10 @@ mkdir -p "$dir"/{state,log,run} "$dir"/spool/{n1,n2}
 port_base=${MKF_SLURM_PORT_BASE:-17000}
 # the machine's cores are split between the two nodes: a 2-core machine is a cluster of 2 x 1 CPU, not 2 x 2
 cpus=$(( $(nproc) / 2 )); [ "$cpus" -ge 1 ] || cpus=1
+# MKF_SLURM_NODE_CPUS: that many CPUs per node instead, even beyond the machine's cores (e.g. 2 nodes x 2 tasks for
+# a 4-rank cell on a 2-core machine): slurmd is told to trust the configured count (SlurmdParameters=config_overrides)
+overrides=0
+if [ -n "${MKF_SLURM_NODE_CPUS:-}" ]; then cpus=$MKF_SLURM_NODE_CPUS; overrides=1; fi
 mem_mb=${MKF_SLURM_NODE_MEM_MB:-4000}
 
 # munge with its own socket and key, so it never touches a system munged
@@ -59,6 +63,7 @@ PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP PriorityT
 PartitionName=low Nodes=n[1-2] MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE
 PartitionName=high Nodes=n[1-2] MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 CONF
+[ "$overrides" = 0 ] || echo "SlurmdParameters=config_overrides" >> "$dir/slurm.conf"
 export SLURM_CONF="$dir/slurm.conf"
 /usr/sbin/slurmctld -f "$SLURM_CONF" -i
 for n in n1 n2; do /usr/sbin/slurmd -f "$SLURM_CONF" -N "$n"; done
