@@ -28,6 +28,8 @@ RESULT_FILE = "result.json"
 CONFIG_FILE = "config.yaml"
 FAILED_FILE = "failed.json"
 ATTEMPTS_FILE = "attempts.json"
+EVIDENCE_FILE = "evidence.json"  # how the cell was trained, for the protocol audit (pipeline.training.evidence)
+WEIGHTS_FILE = "weights.safetensors"  # the final weights (pipeline.models.weights writes and reads them)
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 PREEMPT_CKPT = "preempt.ckpt"  # written at a batch boundary when the scheduler warns of (or starts) preemption
@@ -47,10 +49,14 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file and a rename: readers never see half a file."""
+    """Write JSON through a temp file, fsync, then rename: readers never see half a file, and a node that loses
+    power after the rename does not leave a named but empty file (the rename can reach the disk first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     tmp.replace(path)
 
 
@@ -59,6 +65,15 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     try:
         data = yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text())
     except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_evidence(run_dir: str | Path) -> dict[str, Any] | None:
+    """The cell's ``evidence.json`` (pipeline.training.evidence), or None before it started / if unreadable."""
+    try:
+        data = json.loads((Path(run_dir) / EVIDENCE_FILE).read_text())
+    except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -124,6 +139,18 @@ def record_attempt(run_dir: str | Path, outcome: str, **details: Any) -> dict[st
     data["history"] = (data["history"] + [{"outcome": outcome, "time": round(time.time(), 3), **details}])[-200:]
     write_json_atomic(Path(run_dir) / ATTEMPTS_FILE, data)
     return data
+
+
+def reset_failures(run_dir: str | Path, reason: str = "rerun asked for") -> None:
+    """Start the failure count afresh (a re-run of the sweep asks for the cell again: a cell that hit its restart
+    limit on slow checkpoints or a flaky node must not stay failed for good). The history keeps what happened."""
+    data = read_attempts(run_dir)
+    if not data["failures"] and not data["history"]:
+        return
+    data["history"] = (data["history"] + [{"outcome": "reset", "failures_before": data["failures"],
+                                           "reason": reason, "time": round(time.time(), 3)}])[-200:]
+    data["failures"] = 0
+    write_json_atomic(Path(run_dir) / ATTEMPTS_FILE, data)
 
 
 def last_open_attempt(run_dir: str | Path) -> dict[str, Any] | None:

@@ -28,15 +28,15 @@ from datamodules.errors import UserError
 COLUMNS = ("cell_id", "stage", "arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant",
            "depth", "seed", "top1", "top5", "reference_id", "reference_top1", "relative_top1", "trainable_params",
            "frozen_params", "steps", "wall_time_s", "val_samples", "signal_logit_change", "signal_block_change",
-           "signal_layer_scale")
+           "signal_layer_scale", "audit")
 GROUP = ("arch", "source_arch", "unit_kind", "source", "target", "source_role", "variant", "depth")
-SUMMARY_COLUMNS = (*GROUP, "n", "mean", "std", "ci95_low", "ci95_high", "note")
+SUMMARY_COLUMNS = (*GROUP, "n", "mean", "std", "ci95_low", "ci95_high", "note", "audit")
 SILENT_NOTE = "variants indistinguishable: the transferred units are silent"
 # a transferred unit is *silent* when replacing it by random weights moves the model's logits by less than this
 # (relative L2 change on a fixed validation batch; see pipeline.transfer.signal): 1% is orders of magnitude above
 # what ConvNeXt's 1e-6 layer scale lets through and orders below what a block that learned changes
 SILENT_BELOW = 0.01
-MANIFEST = "manifest.json"  # written by launch.sweep (read here as plain JSON: pipeline never imports launch)
+MANIFEST = "manifest.json"  # written by launch.core.plan (read here as plain JSON: pipeline never imports launch)
 
 
 def read_manifest(sweep_dir: Path) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return add_relative(rows)
 
 
-# row column -> the manifest cell's field (launch.sweep.Cell)
+# row column -> the manifest cell's field (launch.core.plan.Cell)
 _MANIFEST_FIELDS = {"stage": "stage", "variant": "variant", "depth": "depth", "unit_kind": "unit_kind",
                     "source": "source", "target": "target", "source_arch": "source_arch", "reference_id": "reference"}
 
@@ -134,20 +134,22 @@ def t_quantile(df: int) -> float:
     return float(t.ppf(0.975, df))
 
 
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, std and 95% CI of relative top-1 over seeds, per (arch, source arch, unit kind, pair, variant, depth)."""
+def summarize(rows: list[dict[str, Any]], value: str = "relative_top1") -> list[dict[str, Any]]:
+    """Mean, std and 95% CI of relative top-1 (or ``value``, another column: ``top1`` when relative top-1 is
+    undefined) over seeds, per (arch, source arch, unit kind, pair, variant, depth)."""
     groups: dict[tuple[Any, ...], list[float]] = defaultdict(list)
     for r in rows:
-        if r["stage"] == "transfer" and r["relative_top1"] is not None:
-            groups[tuple(r.get(k) for k in GROUP)].append(r["relative_top1"])
+        if r["stage"] == "transfer" and r.get(value) is not None:
+            groups[tuple(r.get(k) for k in GROUP)].append(r[value])
     out = []
     for key, values in groups.items():
         n = len(values)
         mean = statistics.fmean(values)
         std = statistics.stdev(values) if n > 1 else 0.0
         half = t_quantile(n - 1) * std / math.sqrt(n) if n > 1 else 0.0
-        out.append({**dict(zip(GROUP, key, strict=True)), "n": n, "mean": mean, "std": std,
-                    "ci95_low": mean - half, "ci95_high": mean + half})
+        out.append({**dict(zip(GROUP, key, strict=True)), "n": n, "mean": mean, "std": std if n > 1 else None,
+                    # no interval from one seed: summary.csv leaves it empty rather than [mean, mean]
+                    "ci95_low": mean - half if n > 1 else None, "ci95_high": mean + half if n > 1 else None})
     out.sort(key=lambda s: tuple(str(s[k]) if k != "depth" else (s[k] or 0) for k in GROUP))
     return out
 
@@ -189,7 +191,7 @@ def indistinguishable(rows: list[dict[str, Any]], summary: list[dict[str, Any]])
         if refs and n_val:
             p = statistics.fmean(r["reference_top1"] for r in refs)
             noise = 1.96 * math.sqrt(max(p * (1 - p), 0.0) / statistics.median(n_val)) / p if p > 0 else 0.0
-        noise = max(noise, *(s["ci95_high"] - s["mean"] for s in members))
+        noise = max([noise, *(s["ci95_high"] - s["mean"] for s in members if s["ci95_high"] is not None)])
         means = [s["mean"] for s in members]
         spread = max(means) - min(means)
         if spread <= noise:
