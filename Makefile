@@ -14,7 +14,7 @@ demo: system-demo install
 test: system-test install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports  # the layering contracts in pyproject.toml
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25  # the slowest tests, to keep CI under an hour
 
 install: $(STAMP)
 
